@@ -1,0 +1,60 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SYSTEM_STAMP := .cache/.system-deps
+
+.PHONY: bootstrap up down status demo test test-unit test-integration lint bench clean
+
+bootstrap: $(STAMP) $(SYSTEM_STAMP) ## virtualenv, package, redis-server, prometheus, Kafka jars
+	@$(PY) -m devstack kafka-jars
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+$(SYSTEM_STAMP):
+	@mkdir -p .cache
+	@if ! command -v redis-server >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing redis-server and prometheus (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server prometheus >/dev/null; \
+	fi
+	@command -v java >/dev/null || { echo "Java (JDK 17+) is needed for the local Kafka broker: install openjdk-17-jre-headless"; exit 1; }
+	@command -v mvn >/dev/null || { echo "Maven is needed to resolve the Kafka jars: install maven"; exit 1; }
+	@touch $@
+
+up: bootstrap ## start Kafka, Redis and the worker in the background; returns when ready
+	@$(PY) -m devstack up
+
+down: ## stop everything `make up` started
+	@test -x $(PY) && $(PY) -m devstack down || true
+
+status:
+	@$(PY) -m devstack status
+
+demo: bootstrap ## bring the stack up, play stories S1 and S5, show triggers live
+	@$(PY) -m producers.demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy processors producers schemas devstack
+
+test: bootstrap lint ## the whole suite: unit, schemas, deploy files, end-to-end on real Kafka+Redis
+	$(VENV)/bin/pytest -q
+
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+test-integration: bootstrap
+	$(VENV)/bin/pytest -q tests/integration
+
+bench: bootstrap ## benchmark: preload events, measure throughput and latency (figures, not a test)
+	$(PY) -m bench.run
+
+clean: down
+	rm -rf .omni

@@ -1,0 +1,127 @@
+"""``create_app(settings)``: the Faust app with its topics, table, agents and endpoints.
+
+Nothing here is global: tests and the benchmark build their own app.
+
+    touchpoint.<channel> ──ingest──▶ omni.customer-events ──customer──▶ trigger.<channel>
+            │                        (key = customer id)        │      decision.log
+            └──▶ touchpoint.deadletter                           └──▶ customers table, Redis
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from faust.types import StreamT, TableT, TopicT
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from processors.batching import adaptive_batches, without_acks
+from processors.customer import CustomerProcessor
+from processors.domain.policy import Policy
+from processors.ingest import Ingest
+from processors.metrics import Metrics
+from processors.projection import ReadModelWriter
+from processors.settings import TRIGGER_CHANNELS, Settings
+from schemas import EventValidator
+
+log = logging.getLogger(__name__)
+
+# Our code does the (orjson) decoding: Faust only moves bytes. (Agents re-derive
+# their topic's schema from these arguments, so topics get them spelled out.)
+RAW_ARGS: dict[str, Any] = {
+    "key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
+}
+
+
+@dataclass(slots=True)
+class Pipeline:
+    """The parts of a running worker, for endpoints, tests and tools."""
+
+    settings: Settings
+    metrics: Metrics
+    table: TableT[bytes, bytes]
+    writer: ReadModelWriter
+    source_topics: frozenset[str]
+
+
+class OmniApp(faust.App):
+    pipeline: Pipeline
+
+
+def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:
+    app = OmniApp(
+        settings.app_id,
+        broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
+        store="rocksdb://",
+        datadir=settings.data_dir,
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        # Health endpoints are served by WorkerRuntime (also during recovery).
+        web_enabled=False,
+        # Commit often: offsets only move once the read model has the batch.
+        broker_commit_interval=settings.commit_interval_seconds,
+        producer_linger_ms=settings.producer_linger_ms,
+        producer_acks=-1,
+        stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
+        table_standby_replicas=0,
+        # Raw bytes everywhere: a decode error inside Faust's stream would crash
+        # the agent before our per-event error handling could dead-letter it.
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    metrics = Metrics(registry)
+
+    def raw_topic(name: str, internal: bool = False) -> TopicT:
+        return app.topic(name, partitions=settings.partitions, internal=internal, **RAW_ARGS)
+
+    touchpoints = app.topic(*settings.touchpoint_topics, **RAW_ARGS)
+    customer_events = raw_topic(settings.customer_events_topic)
+    deadletters = raw_topic(settings.deadletter_topic)
+    decisions = raw_topic(settings.decision_topic)
+    triggers = {channel: raw_topic(settings.trigger_topic(channel)) for channel in TRIGGER_CHANNELS}
+    table = app.Table(
+        "customers", partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
+    writer = ReadModelWriter(
+        settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
+    )
+    app.pipeline = Pipeline(
+        settings, metrics, table, writer,
+        frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
+    )
+    ingest = Ingest(settings, EventValidator(), metrics, customer_events, deadletters)
+    customer = CustomerProcessor(
+        settings, Policy.from_settings(settings), metrics, table, triggers, decisions,
+        deadletters, writer,
+    )
+    batch_size = metrics.batch_events
+    batch_seconds = metrics.batch_seconds
+
+    @app.agent(touchpoints, name="ingest")
+    async def ingest_agent(stream: StreamT[bytes]) -> None:
+        stream = without_acks(stream)
+        async for batch in adaptive_batches(stream, settings.batch_max_events):
+            with batch_seconds("ingest").time():
+                ingest.process(batch)
+            batch_size("ingest").observe(len(batch))
+            for event in batch:
+                await stream.ack(event)
+
+    @app.agent(customer_events, name="customer")
+    async def customer_agent(stream: StreamT[bytes]) -> None:
+        stream = without_acks(stream)
+        async for batch in adaptive_batches(stream, settings.batch_max_events):
+
+            async def ack(batch: list[Any] = batch) -> None:
+                for event in batch:
+                    await stream.ack(event)
+
+            with batch_seconds("customer").time():
+                customer.process(batch, ack)
+            batch_size("customer").observe(len(batch))
+
+    return app

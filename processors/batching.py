@@ -1,0 +1,48 @@
+"""Adaptive batches over a Faust stream, and per-partition table context.
+
+Faust's ``stream.take(n, within)`` waits up to ``within`` for a batch to fill.
+Here a batch is whatever is already queued (up to ``max_events``): under load
+batches grow by themselves, and a lone event is processed at once.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+from faust.streams import Stream, _current_event
+from faust.types import EventT, StreamT
+
+
+def without_acks(stream: StreamT[Any]) -> StreamT[Any]:
+    """The same stream, but events are acked by us once their effects are durable."""
+    return cast(Stream[Any], stream).noack()
+
+
+async def adaptive_batches(stream: StreamT[Any], max_events: int) -> AsyncIterator[list[EventT]]:
+    """Yield lists of events; the caller acks them (the stream must be ``noack()``)."""
+    queue = stream.channel.queue  # type: ignore[attr-defined]
+    batch: list[EventT] = []
+    async for event in stream.events():
+        batch.append(event)
+        if len(batch) >= max_events or queue.empty():
+            yield batch
+            batch = []
+
+
+@contextmanager
+def partition_context(event: EventT) -> Iterator[None]:
+    """Make table reads and writes go to ``event``'s partition.
+
+    Faust picks a table's RocksDB partition and changelog partition from the
+    *current event*. A batch mixes partitions, so while we read or write one
+    customer's state we point the current event at one of that customer's own
+    messages (same key, so same partition).
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)

@@ -1,0 +1,166 @@
+"""The data the domain works on: events in, state, and outputs (triggers, decisions).
+
+Nothing here knows about Faust, Kafka or Redis. Times are epoch seconds (float)
+inside the domain and RFC 3339 strings on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Outcomes on decision.log.
+EMITTED = "emitted"
+SUPPRESSED = "suppressed"
+
+# Message classes: service messages bypass the marketing contact policy.
+MARKETING = "marketing"
+SERVICE = "service"
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 (already validated by the contract) -> epoch seconds."""
+    return datetime.fromisoformat(value).timestamp()
+
+
+def format_time(epoch: float) -> str:
+    """Epoch seconds -> RFC 3339 in UTC with millisecond precision."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """A validated touchpoint event, as the customer agent sees it."""
+
+    event_id: str
+    type: str
+    channel: str
+    customer_id: str
+    occurred_at: float
+    payload: dict[str, Any]
+    #: When the channel produced it (Kafka timestamp), for event-to-trigger latency.
+    produced_at: float
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], produced_at: float) -> Event:
+        return cls(
+            event_id=record["event_id"],
+            type=record["type"],
+            channel=record["channel"],
+            customer_id=record["customer_id"],
+            occurred_at=parse_time(record["occurred_at"]),
+            payload=record["payload"],
+            produced_at=produced_at,
+        )
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """One compact record per customer; the value of the ``customers`` table.
+
+    Kept JSON-friendly (dicts, lists, numbers) so it round-trips through orjson
+    without custom codecs.
+    """
+
+    customer_id: str
+    #: Traits from profile.updated: home_country, marital_status, children,
+    #: preferred_channel, timezone, language.
+    traits: dict[str, Any] = field(default_factory=dict)
+    products: list[str] = field(default_factory=list)
+    #: "<channel>:<purpose>" -> {"granted": bool, "at": epoch}; the newest by event time wins.
+    consents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: touchpoint channel -> epoch of the newest event seen from it.
+    last_seen: dict[str, float] = field(default_factory=dict)
+    last_country: str | None = None
+    #: entitlement kind ("overdraft") -> {limit, currency, offer_id, expires_at (epoch)}.
+    entitlements: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: "<rule>:<subject>" -> epoch (event time) the rule last emitted for that subject.
+    cooldowns: dict[str, float] = field(default_factory=dict)
+    #: Dedup ring: short hashes of recent event ids and the day (epoch day) each was seen.
+    seen_ids: list[int] = field(default_factory=list)
+    seen_days: list[int] = field(default_factory=list)
+    updated_at: float | None = None
+
+    @classmethod
+    def new(cls, customer_id: str) -> CustomerState:
+        return cls(customer_id=customer_id)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CustomerState:
+        return cls(**data)
+
+
+@dataclass(slots=True, frozen=True)
+class Trigger:
+    """An action a channel should take, published on ``trigger.<channel>``."""
+
+    trigger_id: str
+    type: str
+    customer_id: str
+    channel: str
+    created_at: float
+    expires_at: float | None
+    source_event_id: str
+    rule: str
+    reason: str
+    payload: dict[str, Any]
+    #: Not on the wire: when the source event was produced, for the latency metric.
+    source_produced_at: float = 0.0
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "trigger_id": self.trigger_id,
+            "type": self.type,
+            "customer_id": self.customer_id,
+            "channel": self.channel,
+            "created_at": format_time(self.created_at),
+            "expires_at": None if self.expires_at is None else format_time(self.expires_at),
+            "source_event_id": self.source_event_id,
+            "rule": self.rule,
+            "reason": self.reason,
+            "payload": self.payload,
+        }
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """Why a rule that matched an event did or did not emit, for ``decision.log``."""
+
+    decision_id: str
+    customer_id: str
+    rule: str
+    trigger_type: str
+    source_event_id: str
+    outcome: str
+    reasons: tuple[str, ...]
+    trigger_id: str | None
+    decided_at: float
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "customer_id": self.customer_id,
+            "rule": self.rule,
+            "trigger_type": self.trigger_type,
+            "source_event_id": self.source_event_id,
+            "outcome": self.outcome,
+            "reasons": list(self.reasons),
+            "trigger_id": self.trigger_id,
+            "decided_at": format_time(self.decided_at),
+        }
+
+
+@dataclass(slots=True)
+class StepOutputs:
+    """Everything one ``step`` produced; the agent decides how to send it."""
+
+    triggers: list[Trigger] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    duplicates: int = 0
+    #: Dedup ids evicted from a full ring before ``dedup_days`` had passed.
+    dedup_early_evictions: int = 0
+    #: False when every event was a duplicate: state is unchanged.
+    changed: bool = False

@@ -1,0 +1,107 @@
+"""``omni``: publish events, read dead letters, rebuild the Redis read model."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from processors.settings import TOUCHPOINT_CHANNELS, Settings
+
+app = typer.Typer(help="Omnichannel pipeline tools. Settings come from OMNI_* variables.",
+                  no_args_is_help=True, add_completion=False)
+redis_app = typer.Typer(help="The Redis read model.", no_args_is_help=True)
+app.add_typer(redis_app, name="redis")
+console = Console(stderr=True)
+
+PROGRESS_FROM_BYTES = 1 << 20  # show a progress bar for files of 1 MiB and more
+
+
+@app.command()
+def publish(
+    file: Annotated[str, typer.Option("--file", "-f", help="JSON Lines file, or - for stdin")],
+) -> None:
+    """Publish each line of FILE as one touchpoint event; report every rejected line."""
+    from producers.publish import publish_lines
+
+    if file == "-":
+        report = publish_lines(sys.stdin.buffer, Settings())
+    else:
+        path = Path(file)
+        if not path.is_file():
+            console.print(f"[red]No such file: {file}. Pass a JSON Lines file or - for stdin.")
+            raise typer.Exit(2)
+        size = path.stat().st_size
+        with path.open("rb") as lines:
+            if size < PROGRESS_FROM_BYTES:
+                report = publish_lines(lines, Settings())
+            else:
+                with Progress(console=console) as progress:
+                    task = progress.add_task(f"publishing {path.name}", total=size)
+                    report = publish_lines(
+                        lines, Settings(),
+                        on_line=lambda n: progress.update(task, advance=n),
+                    )
+    for line_no, reason, errors in report.rejected:
+        console.print(f"line {line_no}: [red]{reason}[/red]: " + "; ".join(errors))
+    console.print(f"accepted: {report.accepted}  rejected: {len(report.rejected)}")
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+def deadletters(
+    channel: Annotated[str | None, typer.Option(help="Only this channel's topic")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only this reason code")] = None,
+    limit: Annotated[int, typer.Option(help="Newest records per partition to read")] = 50,
+) -> None:
+    """Show recent dead letters, so a channel backend can see what it got wrong."""
+    from producers.deadletters import read_recent
+
+    if channel is not None and channel not in TOUCHPOINT_CHANNELS:
+        console.print(f"[red]Unknown channel {channel!r}; one of {', '.join(TOUCHPOINT_CHANNELS)}")
+        raise typer.Exit(2)
+    settings = Settings()
+    records = read_recent(settings, limit, channel=channel, reason=reason)
+    table = Table("received_at", "reason", "source", "errors", title="Dead letters")
+    for record in records:
+        source = record["source"]
+        table.add_row(record["received_at"], record["reason"],
+                      f"{source['topic']}[{source['partition']}]@{source['offset']}",
+                      "\n".join(record["errors"]))
+    Console().print(table)
+    console.print(f"{len(records)} dead letters shown")
+
+
+@redis_app.command("rebuild")
+def redis_rebuild() -> None:
+    """Rewrite the read model in Redis from the customer state changelog."""
+    from producers.rebuild import rebuild_read_model
+
+    customers, keys = rebuild_read_model(Settings())
+    console.print(f"rebuilt {keys} keys for {customers} customers")
+
+
+@app.command()
+def simulate(
+    customers: Annotated[int, typer.Option(help="Background customers")] = 200,
+    rate: Annotated[float, typer.Option(help="Background events per second")] = 20.0,
+    seconds: Annotated[float, typer.Option(help="How long to play; 0 = until Ctrl-C")] = 0.0,
+) -> None:
+    """Play stories S1 and S5 and a trickle of background traffic."""
+    from producers.simulator import run_simulation
+
+    run_simulation(Settings(), customers=customers, rate=rate, seconds=seconds)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

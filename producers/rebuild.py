@@ -1,0 +1,75 @@
+"""Rewrite the Redis read model from the customer-state changelog (`omni redis rebuild`).
+
+The changelog topic holds every customer's newest state (it is compacted), so
+the read model can always be derived again from it, without the worker.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import redis
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from processors.domain.model import CustomerState
+from processors.domain.read_model import project
+from processors.projection import queue_writes
+from processors.settings import Settings
+
+PIPELINE_SIZE = 1000
+
+
+def changelog_topic(settings: Settings) -> str:
+    # Faust names a table's changelog "<app id>-<table>-changelog".
+    return f"{settings.app_id}-customers-changelog"
+
+
+def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, int]:
+    """Returns (customers, keys written)."""
+    topic = changelog_topic(settings)
+    consumer = Consumer({
+        **settings.kafka_client_config(),
+        "group.id": f"omni-rebuild-{uuid.uuid4()}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+    })
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
+        if metadata.error is not None:
+            raise RuntimeError(
+                f"No changelog topic {topic}: has the worker (OMNI_APP_ID={settings.app_id}) "
+                "ever run against this cluster?")
+        partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]
+        consumer.assign(partitions)
+        remaining = {tp.partition for tp in partitions}
+        while remaining:
+            message = consumer.poll(timeout)
+            if message is None:
+                raise TimeoutError(f"No progress reading {topic} for {timeout}s; is Kafka up?")
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(message.partition() or 0)
+                continue
+            latest[message.key() or b""] = message.value()  # None = tombstone (deleted)
+    finally:
+        consumer.close()
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    now = time.time()
+    keys = customers = 0
+    pipe = client.pipeline(transaction=False)
+    for value in latest.values():
+        if value is None:
+            continue
+        state = CustomerState.from_dict(orjson.loads(value))
+        customers += 1
+        writes = project(state, now)
+        queue_writes(pipe, writes)
+        keys += len(writes)
+        if len(pipe) >= PIPELINE_SIZE:
+            pipe.execute()
+    pipe.execute()
+    return customers, keys

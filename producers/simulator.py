@@ -1,0 +1,137 @@
+"""Channel simulators for the demo: stories S1 and S5, plus background traffic.
+
+Story customers have readable ids (``alice-s1``, ``maria-s5``); background
+customers are ``bg-<n>``. One simulated backend has a bug now and then, so the
+demo shows dead letters too.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from confluent_kafka import Producer
+
+from processors.settings import Settings
+from producers.sdk import PRODUCER_CONFIG, TouchpointProducer
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def make_event(customer_id: str, channel: str, type_: str, payload: dict[str, Any],
+               **extra: Any) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": type_,
+        "occurred_at": now_iso(),
+        "channel": channel,
+        "customer_id": customer_id,
+        "payload": payload,
+        **extra,
+    }
+
+
+def story_s1(customer: str = "alice-s1") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S1: overdraft accepted in the app, honoured at the ATM, visible to the branch."""
+    yield "profile", make_event(customer, "crm", "profile.updated",
+                                {"home_country": "GB", "preferred_channel": "push"})
+    yield "accepts a 500 GBP overdraft in the app", make_event(
+        customer, "mobile", "offer.accepted",
+        {"offer_id": "OD-2026-11", "offer_type": "overdraft", "limit": 500, "currency": "GBP",
+         "valid_hours": 72},
+        device={"id": "iphone-7f3a", "kind": "phone"}, journey_stage="purchase")
+    yield "withdraws cash at an ATM", make_event(
+        customer, "atm", "atm.withdrawal",
+        {"amount": 400, "currency": "GBP", "country": "GB", "atm_id": "ATM-LDN-042",
+         "location_type": "street"})
+
+
+def story_s5(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S5: a phone seen in a new country gets a roaming offer, once per country."""
+    def attached(country: str) -> dict[str, Any]:
+        return make_event(customer, "telco", "telco.network_attached",
+                          {"country": country, "network": f"{country}-MOBILE"})
+
+    yield "profile", make_event(customer, "crm", "profile.updated",
+                                {"home_country": "ES", "preferred_channel": "sms"})
+    yield "phone on the home network", attached("ES")
+    yield "calls France", make_event(customer, "telco", "telco.call_started",
+                                     {"destination_country": "FR", "call_type": "international"})
+    yield "lands in France: roaming offer", attached("FR")
+    yield "still in France: nothing new", attached("FR")
+    yield "home again", attached("ES")
+    yield "back in France within 30 days: cooldown", attached("FR")
+    yield "withdraws SMS marketing consent on the web", make_event(
+        customer, "web", "consent.updated",
+        {"channel": "sms", "purpose": "marketing", "granted": False})
+    yield "lands in Italy: no offer, no consent", attached("IT")
+
+
+BACKGROUND_CHANNELS = ("mobile", "web", "atm", "telco", "crm")
+COUNTRIES = ("DE", "FR", "ES", "IT", "NL", "PT", "GB", "US")
+
+
+def background_event(rng: random.Random, customers: int) -> dict[str, Any]:
+    customer = f"bg-{rng.randrange(customers)}"
+    kind = rng.random()
+    if kind < 0.4:
+        return make_event(customer, "telco", "telco.network_attached",
+                          {"country": rng.choice(COUNTRIES)})
+    if kind < 0.6:
+        return make_event(customer, "atm", "atm.withdrawal", {
+            "amount": rng.randrange(20, 400), "currency": "EUR", "country": rng.choice(COUNTRIES),
+            "atm_id": f"ATM-{rng.randrange(1000)}",
+            "location_type": rng.choice(("airport", "street", "mall", "branch"))})
+    if kind < 0.8:
+        return make_event(customer, rng.choice(("crm", "web")), "profile.updated",
+                          {"home_country": rng.choice(COUNTRIES)})
+    if kind < 0.9:
+        return make_event(customer, "mobile", "offer.accepted", {
+            "offer_id": f"OD-{rng.randrange(10**6)}", "offer_type": "overdraft",
+            "limit": rng.choice((100, 250, 500)), "currency": "EUR"})
+    return make_event(customer, rng.choice(BACKGROUND_CHANNELS), "consent.updated", {
+        "channel": rng.choice(("sms", "email", "push")), "purpose": "marketing",
+        "granted": rng.random() < 0.7})
+
+
+def buggy_backend_messages(settings: Settings) -> list[tuple[str, bytes | None, bytes]]:
+    """What a backend with bugs sends: each lands on the dead-letter topic with a reason."""
+    good = make_event("bug-1", "web", "profile.updated", {"language": "en"})
+    return [
+        (settings.touchpoint_topic("web"), b"bug-1", b"{not json"),
+        (settings.touchpoint_topic("web"), b"bug-1",
+         orjson.dumps({**good, "occurred_at": "yesterday"})),
+        (settings.touchpoint_topic("mobile"), b"bug-1", orjson.dumps(good)),  # channel mismatch
+        (settings.touchpoint_topic("web"), b"someone-else", orjson.dumps(good)),  # key mismatch
+    ]
+
+
+def run_simulation(settings: Settings, *, customers: int = 200, rate: float = 20.0,
+                   seconds: float = 0.0, story_pause: float = 1.5,
+                   printer: Any = print) -> None:
+    """Play the stories, then background traffic until ``seconds`` pass (0 = forever)."""
+    rng = random.Random(7)
+    with TouchpointProducer(settings) as producer:
+        for story in (story_s1(), story_s5()):
+            for caption, event in story:
+                producer.publish(event)
+                producer.flush()
+                printer(f"{event['customer_id']}: {caption}")
+                time.sleep(story_pause)
+        raw = Producer({**settings.kafka_client_config(), **PRODUCER_CONFIG})
+        for topic, key, value in buggy_backend_messages(settings):
+            raw.produce(topic, value, key)
+        raw.flush(10)
+        printer("a buggy backend sent 4 bad messages")
+        started = time.monotonic()
+        interval = 1.0 / rate if rate > 0 else 1.0
+        while seconds <= 0 or time.monotonic() - started < seconds:
+            producer.publish(background_event(rng, customers))
+            time.sleep(interval)

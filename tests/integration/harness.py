@@ -1,0 +1,164 @@
+"""Test harness: a worker subprocess, topic readers and waiting helpers.
+
+Every test gets its own topic namespace and consumer group (``Settings`` with a
+unique ``topic_namespace`` and ``app_id``), so tests never see each other's
+messages and can run beside a ``make up`` stack.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from confluent_kafka import Consumer, KafkaError
+
+from devstack.ports import free_port
+from processors.settings import Settings
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_settings(kafka: str, redis_url: str, data_dir: Path, **overrides: Any) -> Settings:
+    tag = uuid.uuid4().hex[:10]
+    values: dict[str, Any] = {
+        "kafka_bootstrap": kafka,
+        "redis_url": redis_url,
+        "topic_namespace": f"t{tag}",
+        "app_id": f"omni-test-{tag}",
+        "partitions": 3,
+        "data_dir": str(data_dir),
+        "web_port": free_port(),
+        "metrics_port": free_port(),
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"OMNI_{name.upper()}"] = str(value)
+    return env
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.05) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """``python -m processors worker`` as a real subprocess, like production."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "processors", "worker"],
+            cwd=ROOT, env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(self._ready, timeout, "the worker to become ready")
+        except AssertionError:
+            raise AssertionError(f"worker not ready; log tail:\n{self.log_tail()}") from None
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"worker exited early; log tail:\n{self.log_tail()}")
+        return http_status(f"http://127.0.0.1:{self.settings.web_port}/readyz") == 200
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.settings.metrics_port}/metrics", timeout=5
+        ) as response:
+            return str(response.read().decode())
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+class TopicReader:
+    """Reads a topic from the beginning and keeps every JSON record it saw."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.topic = topic
+        self.records: list[dict[str, Any]] = []
+        self.keys: list[bytes | None] = []
+        self._consumer = Consumer({
+            **settings.kafka_client_config(),
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        })
+        self._consumer.subscribe([topic])
+
+    def poll(self, seconds: float = 0.2) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for message in self._consumer.consume(500, timeout=0.05):
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise AssertionError(f"reading {self.topic}: {error.str()}")
+                self.records.append(orjson.loads(message.value()))
+                self.keys.append(message.key())
+        return self.records
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], count: int = 1,
+                 timeout: float = 30.0) -> list[dict[str, Any]]:
+        def matches() -> list[dict[str, Any]] | None:
+            found = [r for r in self.poll() if predicate(r)]
+            return found if len(found) >= count else None
+
+        return wait_for(matches, timeout, f"{count} matching record(s) on {self.topic}")
+
+    def close(self) -> None:
+        self._consumer.close()

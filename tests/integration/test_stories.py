@@ -29,6 +29,22 @@ def publish(settings: Settings, *events: dict[str, Any]) -> None:
             producer.publish(event)
 
 
+def given_profile(settings: Settings, cid: str, **traits: Any) -> None:
+    """Publish a profile and wait until it is processed.
+
+    Events on different touchpoint topics have no order between them until the
+    ingest agent forwards them, so a test that needs the profile first waits.
+    """
+    publish(settings, make_event(cid, "crm", "profile.updated", traits))
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+
+    def applied() -> bool:
+        raw = client.get(f"omni:profile:{cid}")
+        return raw is not None and all(orjson.loads(raw).get(k) == v for k, v in traits.items())
+
+    wait_for(applied, 30, f"the profile of {cid} in Redis")
+
+
 def decisions_of(reader: TopicReader, customer_id: str) -> list[tuple[str, str, list[str]]]:
     return [(d["source_event_id"], d["outcome"], d["reasons"])
             for d in reader.poll() if d["customer_id"] == customer_id]
@@ -75,14 +91,22 @@ def test_s5_roaming_offer_consent_and_cooldown(
     def attached(country: str) -> dict[str, Any]:
         return make_event(cid, "telco", "telco.network_attached", {"country": country})
 
+    given_profile(settings, cid, home_country="DE")
     fr, es, fr_again = attached("FR"), attached("ES"), attached("FR")
-    withdraw = make_event(cid, "web", "consent.updated",
-                          {"channel": "sms", "purpose": "marketing", "granted": False})
-    italy = attached("IT")
-    publish(settings, make_event(cid, "crm", "profile.updated", {"home_country": "DE"}),
-            fr, attached("FR"), es, fr_again, withdraw, italy)
-
+    publish(settings, fr, attached("FR"), es, fr_again)
     decisions = readers[settings.decision_topic]
+    decisions.wait_for(lambda d: d["customer_id"] == cid, count=3)
+
+    # Consent withdrawn on the web holds for SMS: the next new country gets nothing.
+    publish(settings, make_event(cid, "web", "consent.updated",
+                                 {"channel": "sms", "purpose": "marketing", "granted": False}))
+    given_consent_applied = wait_for(
+        lambda: orjson.loads(redis.Redis.from_url(settings.redis_url.get_secret_value())
+                             .get(f"omni:profile:{cid}") or b"{}")
+        .get("consents", {}).get("sms:marketing") is False, 30, "the consent in Redis")
+    assert given_consent_applied
+    italy = attached("IT")
+    publish(settings, italy)
     decisions.wait_for(lambda d: d["customer_id"] == cid, count=4)
     assert decisions_of(decisions, cid) == [
         (fr["event_id"], "emitted", []),
@@ -103,7 +127,9 @@ def test_duplicates_have_no_effect(
     settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader]
 ) -> None:
     cid = customer("dup")
-    profile = make_event(cid, "crm", "profile.updated", {"home_country": "DE"})
+    given_profile(settings, cid, home_country="DE")
+    profile = make_event(cid, "telco", "telco.call_started",
+                         {"destination_country": "FR", "call_type": "international"})
     fr = make_event(cid, "telco", "telco.network_attached", {"country": "FR"})
     publish(settings, profile, fr, fr, profile)
     marker = make_event(cid, "telco", "telco.network_attached", {"country": "ES"})
@@ -111,9 +137,9 @@ def test_duplicates_have_no_effect(
     decisions = readers[settings.decision_topic]
     decisions.wait_for(lambda d: d["source_event_id"] == marker["event_id"])
     assert [d[0] for d in decisions_of(decisions, cid)] == [fr["event_id"], marker["event_id"]]
-    offers = [t for t in readers[settings.trigger_topic("sms")].poll(0.5)
-              if t["customer_id"] == cid]
-    assert len(offers) == 2
+    offers = readers[settings.trigger_topic("sms")].wait_for(
+        lambda t: t["customer_id"] == cid, count=2)
+    assert [t["payload"]["country"] for t in offers] == ["FR", "ES"]
     wait_for(lambda: "omni_events_duplicate_total 3.0" in worker.metrics(), 10,
              "three duplicates counted")
 
@@ -122,8 +148,8 @@ def test_restart_keeps_state(
     settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader]
 ) -> None:
     cid = customer("restart")
-    publish(settings, make_event(cid, "crm", "profile.updated", {"home_country": "DE"}),
-            make_event(cid, "telco", "telco.network_attached", {"country": "FR"}))
+    given_profile(settings, cid, home_country="DE")
+    publish(settings, make_event(cid, "telco", "telco.network_attached", {"country": "FR"}))
     sms = readers[settings.trigger_topic("sms")]
     sms.wait_for(lambda t: t["customer_id"] == cid)
 

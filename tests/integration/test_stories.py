@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import uuid
 from typing import Any
@@ -144,8 +145,9 @@ def test_duplicates_have_no_effect(
              "three duplicates counted")
 
 
+@pytest.mark.parametrize("local_state", ["kept", "lost"])
 def test_restart_keeps_state(
-    settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader]
+    settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader], local_state: str
 ) -> None:
     cid = customer("restart")
     given_profile(settings, cid, home_country="DE")
@@ -154,14 +156,16 @@ def test_restart_keeps_state(
     sms.wait_for(lambda t: t["customer_id"] == cid)
 
     worker.stop()
+    if local_state == "lost":  # a new machine: RocksDB is rebuilt from the changelog
+        shutil.rmtree(settings.data_dir)
     worker.start()
 
-    # Home, then France again: the state restored from the changelog knows the
-    # cooldown, so there is no second offer for France.
+    # Home, then France again: the restored state knows the cooldown, so there
+    # is no second offer for France.
     back = make_event(cid, "telco", "telco.network_attached", {"country": "DE"})
     fr = make_event(cid, "telco", "telco.network_attached", {"country": "FR"})
     publish(settings, back, fr)
     decisions = readers[settings.decision_topic]
     [decision] = decisions.wait_for(lambda d: d["source_event_id"] == fr["event_id"])
     assert decision["outcome"] == "suppressed" and decision["reasons"] == ["cooldown"]
-    assert len([t for t in sms.poll(0.5) if t["customer_id"] == cid]) == 1
+    assert len([t for t in sms.poll(1.0) if t["customer_id"] == cid]) == 1

@@ -24,17 +24,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="command that runs the worker; '' starts no worker (default: %(default)s)",
     )
     up.add_argument(
-        "--worker-timeout", type=float, default=120.0,
+        "--worker-timeout",
+        type=float,
+        default=120.0,
         help="seconds to wait for the worker's /readyz (default: %(default)s)",
     )
     up.add_argument(
-        "--kafka-controller-port", type=int, default=None,
+        "--kafka-controller-port",
+        type=int,
+        default=None,
         help="KRaft controller port (default: Kafka port + 1, i.e. 9093)",
     )
 
     down = sub.add_parser("down", help="stop what `up` started (idempotent)")
     down.add_argument(
-        "--wipe", action="store_true",
+        "--wipe",
+        action="store_true",
         help="also delete Kafka data, Redis dir and the worker's state under .omni/",
     )
     sub.add_parser("status", help="show what runs; exit 1 if Kafka or Redis is down")

@@ -101,7 +101,12 @@ def resolve_kafka_jars(cache_dir: Path | None = None) -> Path:
         marker.unlink(missing_ok=True)
         shutil.rmtree(libs, ignore_errors=True)
         argv = [
-            mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
             f"-DoutputDirectory={libs}",
         ]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
@@ -132,9 +137,7 @@ def new_cluster_id() -> str:
 def render_server_properties(port: int, controller_port: int, log_dirs: Path) -> str:
     """deploy/kafka/server.properties with the ports and data dir filled in."""
     template = Template(SERVER_PROPERTIES_TEMPLATE.read_text())
-    return template.substitute(
-        port=port, controller_port=controller_port, log_dirs=str(log_dirs)
-    )
+    return template.substitute(port=port, controller_port=controller_port, log_dirs=str(log_dirs))
 
 
 def _quiet_admin(bootstrap: str, extra: dict[str, str] | None = None) -> Any:
@@ -250,14 +253,22 @@ class LocalKafka:
 
     def _java(self) -> str:
         return find_executable(
-            "java", "Kafka needs a JDK 17+: run `make bootstrap` "
-            "(or `sudo apt-get install openjdk-17-jre-headless`)."
+            "java",
+            "Kafka needs a JDK 17+: run `make bootstrap` "
+            "(or `sudo apt-get install openjdk-17-jre-headless`).",
         )
 
     def _format(self, java: str, libs: Path) -> None:
         argv = [
-            java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-            "-t", new_cluster_id(), "-c", str(self.properties_path),
+            java,
+            "-cp",
+            f"{libs}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            new_cluster_id(),
+            "-c",
+            str(self.properties_path),
         ]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -286,13 +297,18 @@ class LocalKafka:
         if not (self.data_dir / "meta.properties").is_file():
             self._format(java, libs)
         argv = [
-            java, f"-Xmx{self.heap}", "-Xms256m",
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms256m",
             # Crash loudly instead of limping on when the heap is too small.
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{LOG4J_PROPERTIES}",
             f"-Dkafka.logs.dir={self.workdir}",
-            "-cp", f"{libs}/*", "kafka.Kafka", str(self.properties_path),
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(self.properties_path),
         ]
         self._proc = spawn_detached(argv, self.log_path, cwd=self.workdir)
 

@@ -95,9 +95,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def _wait_group_gone(
-    pgid: int, timeout: float, proc: subprocess.Popen[bytes] | None
-) -> bool:
+def _wait_group_gone(pgid: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> bool:
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None:

@@ -86,8 +86,9 @@ def _apache_kafka_container(image: str) -> Any:
                 "KAFKA_CONTROLLER_QUORUM_VOTERS": "1@localhost:9094",
                 "KAFKA_CONTROLLER_LISTENER_NAMES": "CONTROLLER",
                 "KAFKA_LISTENERS": f"{self.listeners},CONTROLLER://0.0.0.0:9094",
-                "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP":
-                    f"{self.security_protocol_map},CONTROLLER:PLAINTEXT",
+                "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": (
+                    f"{self.security_protocol_map},CONTROLLER:PLAINTEXT"
+                ),
                 "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
                 "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "1",
                 "KAFKA_AUTO_CREATE_TOPICS_ENABLE": "false",

@@ -30,13 +30,14 @@ def find_redis_server() -> str:
     raise DevstackError(f"`redis-server` was not found on PATH. {_INSTALL_HINT}")
 
 
-def redis_answers(
-    host: str, port: int, password: str | None = None, timeout: float = 1.0
-) -> bool:
+def redis_answers(host: str, port: int, password: str | None = None, timeout: float = 1.0) -> bool:
     """True if a Redis at ``host:port`` answers PING (with ``password`` if given)."""
     client = redis_py.Redis(
-        host=host, port=port, password=password,
-        socket_timeout=timeout, socket_connect_timeout=timeout,
+        host=host,
+        port=port,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
     )
     try:
         return bool(client.ping())
@@ -80,15 +81,22 @@ class LocalRedis:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [
             binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.workdir),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
             # Dev/test data is disposable: no RDB snapshots, no AOF.
-            "--save", "",
-            "--appendonly", "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
             # Fail writes loudly rather than silently evicting customer state.
-            "--maxmemory-policy", "noeviction",
-            "--daemonize", "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
         ]
         if self.password:
             argv += ["--requirepass", self.password]

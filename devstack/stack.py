@@ -471,11 +471,7 @@ def status(*, paths: StackPaths | None = None, say: Say = print) -> bool:
     paths = paths or StackPaths(STATE_DIR)
     settings = _load_settings()
     bootstrap: str = settings.kafka_bootstrap
-    extra = {
-        k: v
-        for k, v in settings.kafka_client_config().items()
-        if k != "bootstrap.servers"
-    }
+    extra = {k: v for k, v in settings.kafka_client_config().items() if k != "bootstrap.servers"}
     healthy = True
 
     pid = read_pidfile(paths.kafka_pid)
@@ -501,6 +497,12 @@ def status(*, paths: StackPaths | None = None, say: Say = print) -> bool:
         say(line("worker", "down", "", "(not started by devstack)"))
     else:
         ready = _readyz_ok(f"http://{host}:{port}/readyz")
-        say(line("worker", "ready" if ready else "not-ready", f"http://{host}:{port}",
-                 f"pid {pid}, log {paths.worker_log}"))
+        say(
+            line(
+                "worker",
+                "ready" if ready else "not-ready",
+                f"http://{host}:{port}",
+                f"pid {pid}, log {paths.worker_log}",
+            )
+        )
     return healthy

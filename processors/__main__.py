@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     start_http_server(settings.metrics_port, addr=settings.web_bind)
     # The runtime (health endpoints, Redis writer) is a worker service rather
     # than an app service: Faust starts app services only after table recovery.
-    worker = Worker(app, WorkerRuntime(app), loglevel=settings.log_level,
-                    redirect_stdouts=False)
+    worker = Worker(app, WorkerRuntime(app), loglevel=settings.log_level, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 # Our code does the (orjson) decoding: Faust only moves bytes. (Agents re-derive
 # their topic's schema from these arguments, so topics get them spelled out.)
 RAW_ARGS: dict[str, Any] = {
-    "key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw",
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
 }
 
 
@@ -83,20 +86,27 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     deadletters = raw_topic(settings.deadletter_topic)
     decisions = raw_topic(settings.decision_topic)
     triggers = {channel: raw_topic(settings.trigger_topic(channel)) for channel in TRIGGER_CHANNELS}
-    table = app.Table(
-        "customers", partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
+    table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     writer = ReadModelWriter(
         settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
     )
     app.pipeline = Pipeline(
-        settings, metrics, table, writer,
+        settings,
+        metrics,
+        table,
+        writer,
         frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
     )
     ingest = Ingest(settings, EventValidator(), metrics, customer_events, deadletters)
     customer = CustomerProcessor(
-        settings, Policy.from_settings(settings), metrics, table, triggers, decisions,
-        deadletters, writer,
+        settings,
+        Policy.from_settings(settings),
+        metrics,
+        table,
+        triggers,
+        decisions,
+        deadletters,
+        writer,
     )
     batch_size = metrics.batch_events
     batch_seconds = metrics.batch_seconds

@@ -121,7 +121,10 @@ class CustomerProcessor:
                     "with `omni publish`",
                     *traceback.format_exception_only(exc),
                 ],
-                message.topic, message.partition, message.offset, message.value,
+                message.topic,
+                message.partition,
+                message.offset,
+                message.value,
                 self.settings.deadletter_raw_max_bytes,
             ),
         )

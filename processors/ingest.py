@@ -38,11 +38,16 @@ class Ingest:
             try:
                 channel = channel_of(message.topic)
                 if channel is None:  # a topic we subscribed to but do not know: config bug
-                    self._deadletter(event, Rejection(
-                        "channel_mismatch",
-                        (f"topic {message.topic!r} is not a touchpoint.<channel> topic; "
-                         "publish to one of the contract topics",),
-                    ))
+                    self._deadletter(
+                        event,
+                        Rejection(
+                            "channel_mismatch",
+                            (
+                                f"topic {message.topic!r} is not a touchpoint.<channel> topic; "
+                                "publish to one of the contract topics",
+                            ),
+                        ),
+                    )
                     continue
                 result = self.validator.check(
                     channel, message.key, message.value, self.settings.max_event_bytes
@@ -55,21 +60,33 @@ class Ingest:
                 )
                 self.metrics.ingested(channel, result["type"]).inc()
             except Exception as exc:  # one bad message must never stop the partition
-                log.exception("Ingest failed for %s[%d]@%d", message.topic, message.partition,
-                              message.offset)
-                self._deadletter(event, Rejection(PROCESSING_ERROR, (
-                    f"the pipeline failed on this message ({type(exc).__name__}: {exc}); "
-                    "this is a pipeline bug: report it with this record",
-                    *traceback.format_exception_only(exc),
-                )))
+                log.exception(
+                    "Ingest failed for %s[%d]@%d", message.topic, message.partition, message.offset
+                )
+                self._deadletter(
+                    event,
+                    Rejection(
+                        PROCESSING_ERROR,
+                        (
+                            f"the pipeline failed on this message ({type(exc).__name__}: {exc}); "
+                            "this is a pipeline bug: report it with this record",
+                            *traceback.format_exception_only(exc),
+                        ),
+                    ),
+                )
 
     def _deadletter(self, event: EventT, rejection: Rejection) -> None:
         message = event.message
         self.deadletters.send_soon(
             key=message.key,
             value=deadletter_record(
-                rejection.reason, rejection.errors, message.topic, message.partition,
-                message.offset, message.value, self.settings.deadletter_raw_max_bytes,
+                rejection.reason,
+                rejection.errors,
+                message.topic,
+                message.partition,
+                message.offset,
+                message.value,
+                self.settings.deadletter_raw_max_bytes,
             ),
         )
         self.metrics.deadlettered(rejection.reason).inc()

@@ -33,46 +33,97 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
-        self.ingested = Bound(Counter(
-            "omni_events_ingested", "Valid touchpoint events forwarded by the ingest agent",
-            ["channel", "type"], registry=r))
-        self.deadlettered = Bound(Counter(
-            "omni_events_deadlettered", "Messages sent to the dead-letter topic",
-            ["reason"], registry=r))
+        self.ingested = Bound(
+            Counter(
+                "omni_events_ingested",
+                "Valid touchpoint events forwarded by the ingest agent",
+                ["channel", "type"],
+                registry=r,
+            )
+        )
+        self.deadlettered = Bound(
+            Counter(
+                "omni_events_deadlettered",
+                "Messages sent to the dead-letter topic",
+                ["reason"],
+                registry=r,
+            )
+        )
         self.processed = Counter(
-            "omni_events_processed", "Events folded into customer state", registry=r)
+            "omni_events_processed", "Events folded into customer state", registry=r
+        )
         self.duplicates = Counter(
-            "omni_events_duplicate", "Events dropped as duplicates (same event_id)", registry=r)
+            "omni_events_duplicate", "Events dropped as duplicates (same event_id)", registry=r
+        )
         self.dedup_early_evictions = Counter(
             "omni_dedup_early_evictions",
-            "Event ids evicted from a full dedup ring before dedup_days passed", registry=r)
-        self.triggers = Bound(Counter(
-            "omni_triggers_emitted", "Triggers sent to channels",
-            ["trigger_type", "channel"], registry=r))
-        self.suppressed = Bound(Counter(
-            "omni_decisions_suppressed", "Decisions not emitted, by first reason",
-            ["trigger_type", "reason"], registry=r))
-        self.trigger_latency = Bound(Histogram(
-            "omni_event_to_trigger_latency_seconds",
-            "From the touchpoint event's produce time to the trigger's delivery",
-            ["trigger_type"], buckets=LATENCY_BUCKETS, registry=r))
+            "Event ids evicted from a full dedup ring before dedup_days passed",
+            registry=r,
+        )
+        self.triggers = Bound(
+            Counter(
+                "omni_triggers_emitted",
+                "Triggers sent to channels",
+                ["trigger_type", "channel"],
+                registry=r,
+            )
+        )
+        self.suppressed = Bound(
+            Counter(
+                "omni_decisions_suppressed",
+                "Decisions not emitted, by first reason",
+                ["trigger_type", "reason"],
+                registry=r,
+            )
+        )
+        self.trigger_latency = Bound(
+            Histogram(
+                "omni_event_to_trigger_latency_seconds",
+                "From the touchpoint event's produce time to the trigger's delivery",
+                ["trigger_type"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
         self.redis_write_errors = Counter(
-            "omni_redis_write_errors", "Failed Redis pipeline writes (retried)", registry=r)
+            "omni_redis_write_errors", "Failed Redis pipeline writes (retried)", registry=r
+        )
         self.read_model_lag = Gauge(
             "omni_read_model_lag_seconds",
-            "Age of the oldest read-model write not yet in Redis (0 = converged)", registry=r)
-        self.consumer_lag = Bound(Gauge(
-            "omni_consumer_lag_messages", "Messages behind the high watermark",
-            ["topic", "partition"], registry=r))
+            "Age of the oldest read-model write not yet in Redis (0 = converged)",
+            registry=r,
+        )
+        self.consumer_lag = Bound(
+            Gauge(
+                "omni_consumer_lag_messages",
+                "Messages behind the high watermark",
+                ["topic", "partition"],
+                registry=r,
+            )
+        )
         self.recovery_remaining = Gauge(
             "omni_table_recovery_remaining_messages",
-            "Changelog messages left to restore before tables are ready", registry=r)
+            "Changelog messages left to restore before tables are ready",
+            registry=r,
+        )
         self.ready = Gauge(
-            "omni_worker_ready", "1 when partitions are assigned and tables recovered",
-            registry=r)
-        self.batch_events = Bound(Histogram(
-            "omni_batch_events", "Events per agent batch", ["agent"],
-            buckets=BATCH_BUCKETS, registry=r))
-        self.batch_seconds = Bound(Histogram(
-            "omni_batch_duration_seconds", "Time to process one agent batch", ["agent"],
-            buckets=LATENCY_BUCKETS, registry=r))
+            "omni_worker_ready", "1 when partitions are assigned and tables recovered", registry=r
+        )
+        self.batch_events = Bound(
+            Histogram(
+                "omni_batch_events",
+                "Events per agent batch",
+                ["agent"],
+                buckets=BATCH_BUCKETS,
+                registry=r,
+            )
+        )
+        self.batch_seconds = Bound(
+            Histogram(
+                "omni_batch_duration_seconds",
+                "Time to process one agent batch",
+                ["agent"],
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            )
+        )

@@ -103,7 +103,9 @@ class ReadModelWriter:
                 log.warning(
                     "Redis write of %d keys failed (%s); retrying in %.2fs. Triggers keep "
                     "flowing; check that Redis is up and reachable at OMNI_REDIS_URL.",
-                    len(writes), exc, backoff,
+                    len(writes),
+                    exc,
+                    backoff,
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._retry_max)

@@ -48,8 +48,11 @@ class WorkerRuntime(Service):
         await self._runner.setup()
         settings = self.app.pipeline.settings
         await web.TCPSite(self._runner, settings.web_bind, settings.web_port).start()
-        log.info("Health endpoints on http://%s:%d/livez and /readyz",
-                 settings.web_bind, settings.web_port)
+        log.info(
+            "Health endpoints on http://%s:%d/livez and /readyz",
+            settings.web_bind,
+            settings.web_port,
+        )
 
     async def on_stop(self) -> None:
         await self.app.pipeline.writer.stop()

@@ -15,13 +15,34 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Channels that publish touchpoint events (``touchpoint.<channel>``).
 TOUCHPOINT_CHANNELS: tuple[str, ...] = (
-    "mobile", "web", "atm", "branch", "callcenter", "email", "sms",
-    "telco", "pos", "kiosk", "tv", "hotel", "crm",
+    "mobile",
+    "web",
+    "atm",
+    "branch",
+    "callcenter",
+    "email",
+    "sms",
+    "telco",
+    "pos",
+    "kiosk",
+    "tv",
+    "hotel",
+    "crm",
 )
 #: Channels that consume triggers (``trigger.<channel>``).
 TRIGGER_CHANNELS: tuple[str, ...] = (
-    "sms", "email", "push", "mobile", "web", "atm", "pos", "crm",
-    "branch", "callcenter", "hotel", "kiosk",
+    "sms",
+    "email",
+    "push",
+    "mobile",
+    "web",
+    "atm",
+    "pos",
+    "crm",
+    "branch",
+    "callcenter",
+    "hotel",
+    "kiosk",
 )
 
 
@@ -120,10 +141,12 @@ class Settings(BaseSettings):
         """librdkafka settings shared by every confluent-kafka client we build."""
         config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
         if self.kafka_sasl_username and self.kafka_sasl_password:
-            config.update({
-                "security.protocol": "SASL_SSL",
-                "sasl.mechanisms": "PLAIN",
-                "sasl.username": self.kafka_sasl_username,
-                "sasl.password": self.kafka_sasl_password.get_secret_value(),
-            })
+            config.update(
+                {
+                    "security.protocol": "SASL_SSL",
+                    "sasl.mechanisms": "PLAIN",
+                    "sasl.username": self.kafka_sasl_username,
+                    "sasl.password": self.kafka_sasl_password.get_secret_value(),
+                }
+            )
         return config

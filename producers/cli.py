@@ -13,8 +13,11 @@ from rich.table import Table
 
 from processors.settings import TOUCHPOINT_CHANNELS, Settings
 
-app = typer.Typer(help="Omnichannel pipeline tools. Settings come from OMNI_* variables.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Omnichannel pipeline tools. Settings come from OMNI_* variables.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 redis_app = typer.Typer(help="The Redis read model.", no_args_is_help=True)
 app.add_typer(redis_app, name="redis")
 console = Console(stderr=True)
@@ -44,7 +47,8 @@ def publish(
                 with Progress(console=console) as progress:
                     task = progress.add_task(f"publishing {path.name}", total=size)
                     report = publish_lines(
-                        lines, Settings(),
+                        lines,
+                        Settings(),
                         on_line=lambda n: progress.update(task, advance=n),
                     )
     for line_no, reason, errors in report.rejected:
@@ -71,9 +75,12 @@ def deadletters(
     table = Table("received_at", "reason", "source", "errors", title="Dead letters")
     for record in records:
         source = record["source"]
-        table.add_row(record["received_at"], record["reason"],
-                      f"{source['topic']}[{source['partition']}]@{source['offset']}",
-                      "\n".join(record["errors"]))
+        table.add_row(
+            record["received_at"],
+            record["reason"],
+            f"{source['topic']}[{source['partition']}]@{source['offset']}",
+            "\n".join(record["errors"]),
+        )
     Console().print(table)
     console.print(f"{len(records)} dead letters shown")
 

@@ -23,22 +23,26 @@ def read_recent(
 
     Reads with an unnamed, non-committing consumer, so it never disturbs the worker.
     """
-    consumer = Consumer({
-        **settings.kafka_client_config(),
-        "group.id": f"omni-deadletters-{uuid.uuid4()}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"omni-deadletters-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     topic = settings.deadletter_topic
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if metadata.error is not None:
             raise RuntimeError(
-                f"Cannot read {topic}: {metadata.error.str()}. Is the stack up (`make up`)?")
+                f"Cannot read {topic}: {metadata.error.str()}. Is the stack up (`make up`)?"
+            )
         assignment = []
         for partition in metadata.partitions:
             low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, partition), timeout=timeout)
+                TopicPartition(topic, partition), timeout=timeout
+            )
             if high > low:
                 assignment.append(TopicPartition(topic, partition, max(low, high - per_partition)))
         if not assignment:

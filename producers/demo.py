@@ -51,10 +51,14 @@ class DemoView:
 
     def consume(self, stop: threading.Event) -> None:
         settings = self.settings
-        consumer = Consumer({
-            **settings.kafka_client_config(), "group.id": f"omni-demo-{uuid.uuid4().hex}",
-            "auto.offset.reset": "latest", "enable.auto.commit": False,
-        })
+        consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"omni-demo-{uuid.uuid4().hex}",
+                "auto.offset.reset": "latest",
+                "enable.auto.commit": False,
+            }
+        )
         trigger_topics = {settings.trigger_topic(c) for c in TRIGGER_CHANNELS}
         consumer.subscribe([*trigger_topics, settings.decision_topic, settings.deadletter_topic])
         try:
@@ -77,29 +81,39 @@ class DemoView:
             consumer.close()
 
     def render(self) -> Group:
-        triggers = Table("channel", "type", "customer", "reason", title="Triggers (newest first)",
-                         expand=True)
+        triggers = Table(
+            "channel", "type", "customer", "reason", title="Triggers (newest first)", expand=True
+        )
         for t in self.triggers:
             triggers.add_row(t["channel"], t["type"], t["customer_id"], t["reason"])
-        decisions = Table("rule", "customer", "outcome", "reasons", title="decision.log",
-                          expand=True)
+        decisions = Table(
+            "rule", "customer", "outcome", "reasons", title="decision.log", expand=True
+        )
         for d in self.decisions:
             decisions.add_row(d["rule"], d["customer_id"], d["outcome"], ", ".join(d["reasons"]))
         letters = Table("reason", "source", "first error", title="Dead letters", expand=True)
         for r in self.deadletters:
             letters.add_row(r["reason"], r["source"]["topic"], (r["errors"] or [""])[0][:90])
         atm: bytes | None = self.redis.get(  # type: ignore[assignment]
-            "omni:entitlement:alice-s1:overdraft")
+            "omni:entitlement:alice-s1:overdraft"
+        )
         ttl = self.redis.ttl("omni:entitlement:alice-s1:overdraft")
-        atm_view = (f"ATM sees for alice-s1: {atm.decode()} (TTL {ttl}s)" if atm
-                    else "ATM sees no overdraft for alice-s1 yet")
+        atm_view = (
+            f"ATM sees for alice-s1: {atm.decode()} (TTL {ttl}s)"
+            if atm
+            else "ATM sees no overdraft for alice-s1 yet"
+        )
         counters = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
         s = self.settings
-        where = (f"metrics http://127.0.0.1:{s.metrics_port}/metrics  ready "
-                 f"http://127.0.0.1:{s.web_port}/readyz  Kafka {s.kafka_bootstrap}")
+        where = (
+            f"metrics http://127.0.0.1:{s.metrics_port}/metrics  ready "
+            f"http://127.0.0.1:{s.web_port}/readyz  Kafka {s.kafka_bootstrap}"
+        )
         return Group(
             Panel("\n".join(self.story_log) or "starting…", title="Stories S1 and S5"),
-            triggers, decisions, letters,
+            triggers,
+            decisions,
+            letters,
             Panel(f"{atm_view}\n{counters}\n{where}", title="Read model and counters"),
         )
 
@@ -121,8 +135,9 @@ def main() -> int:
     time.sleep(2)  # let the demo consumer join before the stories start
 
     def play() -> None:
-        run_simulation(settings, seconds=max(seconds - 20, 5) if seconds else 0,
-                       printer=view.story_log.append)
+        run_simulation(
+            settings, seconds=max(seconds - 20, 5) if seconds else 0, printer=view.story_log.append
+        )
 
     simulator = threading.Thread(target=play, daemon=True)
     simulator.start()

@@ -31,8 +31,13 @@ def publish_lines(
             if error is None:
                 report.accepted += 1
             else:
-                report.rejected.append((line_no, "delivery_failed", (
-                    f"Kafka did not take it: {error.str()}; publish this line again",)))
+                report.rejected.append(
+                    (
+                        line_no,
+                        "delivery_failed",
+                        (f"Kafka did not take it: {error.str()}; publish this line again",),
+                    )
+                )
 
         return delivered
 

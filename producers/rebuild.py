@@ -29,19 +29,22 @@ def changelog_topic(settings: Settings) -> str:
 def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, int]:
     """Returns (customers, keys written)."""
     topic = changelog_topic(settings)
-    consumer = Consumer({
-        **settings.kafka_client_config(),
-        "group.id": f"omni-rebuild-{uuid.uuid4()}",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    })
+    consumer = Consumer(
+        {
+            **settings.kafka_client_config(),
+            "group.id": f"omni-rebuild-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     latest: dict[bytes, bytes | None] = {}
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if metadata.error is not None:
             raise RuntimeError(
                 f"No changelog topic {topic}: has the worker (OMNI_APP_ID={settings.app_id}) "
-                "ever run against this cluster?")
+                "ever run against this cluster?"
+            )
         partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]
         consumer.assign(partitions)
         remaining = {tp.partition for tp in partitions}

@@ -100,8 +100,11 @@ class TouchpointProducer:
         while True:
             try:
                 self._producer.produce(
-                    topic, value, key,
-                    on_delivery=self._delivered if on_delivery is None
+                    topic,
+                    value,
+                    key,
+                    on_delivery=self._delivered
+                    if on_delivery is None
                     else _both(self._delivered, on_delivery),
                 )
                 break

@@ -25,8 +25,9 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def make_event(customer_id: str, channel: str, type_: str, payload: dict[str, Any],
-               **extra: Any) -> dict[str, Any]:
+def make_event(
+    customer_id: str, channel: str, type_: str, payload: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
     return {
         "event_id": str(uuid.uuid4()),
         "type": type_,
@@ -40,37 +41,86 @@ def make_event(customer_id: str, channel: str, type_: str, payload: dict[str, An
 
 def story_s1(customer: str = "alice-s1") -> Iterator[tuple[str, dict[str, Any]]]:
     """S1: overdraft accepted in the app, honoured at the ATM, visible to the branch."""
-    yield "profile", make_event(customer, "crm", "profile.updated",
-                                {"home_country": "GB", "preferred_channel": "push"})
-    yield "accepts a 500 GBP overdraft in the app", make_event(
-        customer, "mobile", "offer.accepted",
-        {"offer_id": "OD-2026-11", "offer_type": "overdraft", "limit": 500, "currency": "GBP",
-         "valid_hours": 72},
-        device={"id": "iphone-7f3a", "kind": "phone"}, journey_stage="purchase")
-    yield "withdraws cash at an ATM", make_event(
-        customer, "atm", "atm.withdrawal",
-        {"amount": 400, "currency": "GBP", "country": "GB", "atm_id": "ATM-LDN-042",
-         "location_type": "street"})
+    yield (
+        "profile",
+        make_event(
+            customer, "crm", "profile.updated", {"home_country": "GB", "preferred_channel": "push"}
+        ),
+    )
+    yield (
+        "accepts a 500 GBP overdraft in the app",
+        make_event(
+            customer,
+            "mobile",
+            "offer.accepted",
+            {
+                "offer_id": "OD-2026-11",
+                "offer_type": "overdraft",
+                "limit": 500,
+                "currency": "GBP",
+                "valid_hours": 72,
+            },
+            device={"id": "iphone-7f3a", "kind": "phone"},
+            journey_stage="purchase",
+        ),
+    )
+    yield (
+        "withdraws cash at an ATM",
+        make_event(
+            customer,
+            "atm",
+            "atm.withdrawal",
+            {
+                "amount": 400,
+                "currency": "GBP",
+                "country": "GB",
+                "atm_id": "ATM-LDN-042",
+                "location_type": "street",
+            },
+        ),
+    )
 
 
 def story_s5(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]:
     """S5: a phone seen in a new country gets a roaming offer, once per country."""
-    def attached(country: str) -> dict[str, Any]:
-        return make_event(customer, "telco", "telco.network_attached",
-                          {"country": country, "network": f"{country}-MOBILE"})
 
-    yield "profile", make_event(customer, "crm", "profile.updated",
-                                {"home_country": "ES", "preferred_channel": "sms"})
+    def attached(country: str) -> dict[str, Any]:
+        return make_event(
+            customer,
+            "telco",
+            "telco.network_attached",
+            {"country": country, "network": f"{country}-MOBILE"},
+        )
+
+    yield (
+        "profile",
+        make_event(
+            customer, "crm", "profile.updated", {"home_country": "ES", "preferred_channel": "sms"}
+        ),
+    )
     yield "phone on the home network", attached("ES")
-    yield "calls France", make_event(customer, "telco", "telco.call_started",
-                                     {"destination_country": "FR", "call_type": "international"})
+    yield (
+        "calls France",
+        make_event(
+            customer,
+            "telco",
+            "telco.call_started",
+            {"destination_country": "FR", "call_type": "international"},
+        ),
+    )
     yield "lands in France: roaming offer", attached("FR")
     yield "still in France: nothing new", attached("FR")
     yield "home again", attached("ES")
     yield "back in France within 30 days: cooldown", attached("FR")
-    yield "withdraws SMS marketing consent on the web", make_event(
-        customer, "web", "consent.updated",
-        {"channel": "sms", "purpose": "marketing", "granted": False})
+    yield (
+        "withdraws SMS marketing consent on the web",
+        make_event(
+            customer,
+            "web",
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": False},
+        ),
+    )
     yield "lands in Italy: no offer, no consent", attached("IT")
 
 
@@ -82,23 +132,51 @@ def background_event(rng: random.Random, customers: int) -> dict[str, Any]:
     customer = f"bg-{rng.randrange(customers)}"
     kind = rng.random()
     if kind < 0.4:
-        return make_event(customer, "telco", "telco.network_attached",
-                          {"country": rng.choice(COUNTRIES)})
+        return make_event(
+            customer, "telco", "telco.network_attached", {"country": rng.choice(COUNTRIES)}
+        )
     if kind < 0.6:
-        return make_event(customer, "atm", "atm.withdrawal", {
-            "amount": rng.randrange(20, 400), "currency": "EUR", "country": rng.choice(COUNTRIES),
-            "atm_id": f"ATM-{rng.randrange(1000)}",
-            "location_type": rng.choice(("airport", "street", "mall", "branch"))})
+        return make_event(
+            customer,
+            "atm",
+            "atm.withdrawal",
+            {
+                "amount": rng.randrange(20, 400),
+                "currency": "EUR",
+                "country": rng.choice(COUNTRIES),
+                "atm_id": f"ATM-{rng.randrange(1000)}",
+                "location_type": rng.choice(("airport", "street", "mall", "branch")),
+            },
+        )
     if kind < 0.8:
-        return make_event(customer, rng.choice(("crm", "web")), "profile.updated",
-                          {"home_country": rng.choice(COUNTRIES)})
+        return make_event(
+            customer,
+            rng.choice(("crm", "web")),
+            "profile.updated",
+            {"home_country": rng.choice(COUNTRIES)},
+        )
     if kind < 0.9:
-        return make_event(customer, "mobile", "offer.accepted", {
-            "offer_id": f"OD-{rng.randrange(10**6)}", "offer_type": "overdraft",
-            "limit": rng.choice((100, 250, 500)), "currency": "EUR"})
-    return make_event(customer, rng.choice(BACKGROUND_CHANNELS), "consent.updated", {
-        "channel": rng.choice(("sms", "email", "push")), "purpose": "marketing",
-        "granted": rng.random() < 0.7})
+        return make_event(
+            customer,
+            "mobile",
+            "offer.accepted",
+            {
+                "offer_id": f"OD-{rng.randrange(10**6)}",
+                "offer_type": "overdraft",
+                "limit": rng.choice((100, 250, 500)),
+                "currency": "EUR",
+            },
+        )
+    return make_event(
+        customer,
+        rng.choice(BACKGROUND_CHANNELS),
+        "consent.updated",
+        {
+            "channel": rng.choice(("sms", "email", "push")),
+            "purpose": "marketing",
+            "granted": rng.random() < 0.7,
+        },
+    )
 
 
 def buggy_backend_messages(settings: Settings) -> list[tuple[str, bytes | None, bytes]]:
@@ -106,16 +184,25 @@ def buggy_backend_messages(settings: Settings) -> list[tuple[str, bytes | None, 
     good = make_event("bug-1", "web", "profile.updated", {"language": "en"})
     return [
         (settings.touchpoint_topic("web"), b"bug-1", b"{not json"),
-        (settings.touchpoint_topic("web"), b"bug-1",
-         orjson.dumps({**good, "occurred_at": "yesterday"})),
+        (
+            settings.touchpoint_topic("web"),
+            b"bug-1",
+            orjson.dumps({**good, "occurred_at": "yesterday"}),
+        ),
         (settings.touchpoint_topic("mobile"), b"bug-1", orjson.dumps(good)),  # channel mismatch
         (settings.touchpoint_topic("web"), b"someone-else", orjson.dumps(good)),  # key mismatch
     ]
 
 
-def run_simulation(settings: Settings, *, customers: int = 200, rate: float = 20.0,
-                   seconds: float = 0.0, story_pause: float = 1.5,
-                   printer: Any = print) -> None:
+def run_simulation(
+    settings: Settings,
+    *,
+    customers: int = 200,
+    rate: float = 20.0,
+    seconds: float = 0.0,
+    story_pause: float = 1.5,
+    printer: Any = print,
+) -> None:
     """Play the stories, then background traffic until ``seconds`` pass (0 = forever)."""
     rng = random.Random(7)
     with TouchpointProducer(settings) as producer:

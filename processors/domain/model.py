@@ -26,8 +26,8 @@ def parse_time(value: str) -> float:
 
 def format_time(epoch: float) -> str:
     """Epoch seconds -> RFC 3339 in UTC with millisecond precision."""
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
 
 

@@ -54,8 +54,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def wait_for(probe: Callable[[], T | None], timeout: float = 30.0, what: str = "condition",
-             interval: float = 0.05) -> T:
+def wait_for(
+    probe: Callable[[], T | None],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         result = probe()
@@ -78,7 +82,10 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "processors", "worker"],
-            cwd=ROOT, env=settings_env(self.settings), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=settings_env(self.settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for(self._ready, timeout, "the worker to become ready")
@@ -131,12 +138,14 @@ class TopicReader:
         self.topic = topic
         self.records: list[dict[str, Any]] = []
         self.keys: list[bytes | None] = []
-        self._consumer = Consumer({
-            **settings.kafka_client_config(),
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        })
+        self._consumer = Consumer(
+            {
+                **settings.kafka_client_config(),
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
         self._consumer.subscribe([topic])
 
     def poll(self, seconds: float = 0.2) -> list[dict[str, Any]]:
@@ -152,8 +161,9 @@ class TopicReader:
                 self.keys.append(message.key())
         return self.records
 
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], count: int = 1,
-                 timeout: float = 30.0) -> list[dict[str, Any]]:
+    def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
         def matches() -> list[dict[str, Any]] | None:
             found = [r for r in self.poll() if predicate(r)]
             return found if len(found) >= count else None

@@ -33,7 +33,10 @@ def test_every_reason_is_deadlettered_and_a_good_event_after_them_is_processed(
         "too_large": (web, key, b'{"pad": "' + b"x" * (settings.max_event_bytes + 1) + b'"}'),
         "unknown_type": (web, key, orjson.dumps({**good, "type": "web.teleported"})),
         "schema_violation": (
-            web, key, orjson.dumps({**good, "occurred_at": "2026-11-22T10:00:00"})),
+            web,
+            key,
+            orjson.dumps({**good, "occurred_at": "2026-11-22T10:00:00"}),
+        ),
         "channel_mismatch": (settings.touchpoint_topic("mobile"), key, orjson.dumps(good)),
         "missing_key": (web, None, orjson.dumps(good)),
         "key_mismatch": (web, b"somebody-else", orjson.dumps(good)),
@@ -63,7 +66,11 @@ def test_every_reason_is_deadlettered_and_a_good_event_after_them_is_processed(
     # `omni deadletters` shows them, filtered by reason.
     shown = subprocess.run(
         [sys.executable, "-m", "producers.cli", "deadletters", "--reason", "key_mismatch"],
-        cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
     assert "key_mismatch" in shown.stdout and "not_json" not in shown.stdout
@@ -74,9 +81,12 @@ def test_omni_publish_reports_rejected_lines(
     settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader], tmp_path: Path
 ) -> None:
     cid = f"pub-{uuid.uuid4().hex[:8]}"
-    good = [make_event(cid, "telco", "telco.call_started",
-                       {"destination_country": "FR", "call_type": "local"}),
-            make_event(cid, "telco", "telco.network_attached", {"country": "FR"})]
+    good = [
+        make_event(
+            cid, "telco", "telco.call_started", {"destination_country": "FR", "call_type": "local"}
+        ),
+        make_event(cid, "telco", "telco.network_attached", {"country": "FR"}),
+    ]
     lines = [
         orjson.dumps(good[0]),
         b"not json at all",
@@ -88,7 +98,11 @@ def test_omni_publish_reports_rejected_lines(
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = subprocess.run(
         [sys.executable, "-m", "producers.cli", "publish", "--file", str(path)],
-        cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1, result.stderr
     assert "line 2: not_json" in result.stderr

@@ -49,8 +49,9 @@ def own_redis(tmp_path: Path) -> Iterator[LocalRedis]:
 def test_redis_outage_delays_read_model_but_not_triggers(
     kafka: Provided, own_redis: LocalRedis, tmp_path: Path
 ) -> None:
-    settings = make_settings(kafka.address, own_redis.url, tmp_path / "worker",
-                             redis_retry_max_seconds=0.5)
+    settings = make_settings(
+        kafka.address, own_redis.url, tmp_path / "worker", redis_retry_max_seconds=0.5
+    )
     ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path / "worker.log")
     worker.start()
@@ -59,24 +60,46 @@ def test_redis_outage_delays_read_model_but_not_triggers(
         own_redis.stop()
         cid = f"outage-{uuid.uuid4().hex[:8]}"
         with TouchpointProducer(settings) as producer:
-            producer.publish(make_event(cid, "mobile", "offer.accepted", {
-                "offer_id": "OD-9", "offer_type": "overdraft", "limit": 300,
-                "currency": "EUR"}))
+            producer.publish(
+                make_event(
+                    cid,
+                    "mobile",
+                    "offer.accepted",
+                    {
+                        "offer_id": "OD-9",
+                        "offer_type": "overdraft",
+                        "limit": 300,
+                        "currency": "EUR",
+                    },
+                )
+            )
         # Triggers keep flowing while Redis is down.
         atm.wait_for(lambda t: t["customer_id"] == cid, timeout=30)
-        wait_for(lambda: metric(worker, "omni_redis_write_errors_total") > 0, 20,
-                 "Redis write errors to be counted")
-        wait_for(lambda: metric(worker, "omni_read_model_lag_seconds") > 0, 20,
-                 "the read-model lag to show")
+        wait_for(
+            lambda: metric(worker, "omni_redis_write_errors_total") > 0,
+            20,
+            "Redis write errors to be counted",
+        )
+        wait_for(
+            lambda: metric(worker, "omni_read_model_lag_seconds") > 0,
+            20,
+            "the read-model lag to show",
+        )
 
         own_redis.start()
         own_redis.wait_ready()
         client = redis.Redis.from_url(own_redis.url)
-        raw = wait_for(lambda: client.get(f"omni:entitlement:{cid}:overdraft"), 30,
-                       "the entitlement to reach Redis after the outage")
+        raw = wait_for(
+            lambda: client.get(f"omni:entitlement:{cid}:overdraft"),
+            30,
+            "the entitlement to reach Redis after the outage",
+        )
         assert orjson.loads(raw)["limit"] == 300
-        wait_for(lambda: metric(worker, "omni_read_model_lag_seconds") == 0, 20,
-                 "the read-model lag to return to 0")
+        wait_for(
+            lambda: metric(worker, "omni_read_model_lag_seconds") == 0,
+            20,
+            "the read-model lag to return to 0",
+        )
     finally:
         atm.close()
         worker.stop()
@@ -95,7 +118,11 @@ def test_omni_redis_rebuild_restores_deleted_keys(
 
     result = subprocess.run(
         [sys.executable, "-m", "producers.cli", "redis", "rebuild"],
-        cwd=ROOT, env=settings_env(settings), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "rebuilt" in result.stderr

@@ -47,17 +47,29 @@ def given_profile(settings: Settings, cid: str, **traits: Any) -> None:
 
 
 def decisions_of(reader: TopicReader, customer_id: str) -> list[tuple[str, str, list[str]]]:
-    return [(d["source_event_id"], d["outcome"], d["reasons"])
-            for d in reader.poll() if d["customer_id"] == customer_id]
+    return [
+        (d["source_event_id"], d["outcome"], d["reasons"])
+        for d in reader.poll()
+        if d["customer_id"] == customer_id
+    ]
 
 
 def test_s1_overdraft_reaches_atm_trigger_and_redis_with_ttl(
     settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader]
 ) -> None:
     cid = customer("alice")
-    accepted = make_event(cid, "mobile", "offer.accepted", {
-        "offer_id": "OD-1", "offer_type": "overdraft", "limit": 500, "currency": "EUR",
-        "valid_hours": 2})
+    accepted = make_event(
+        cid,
+        "mobile",
+        "offer.accepted",
+        {
+            "offer_id": "OD-1",
+            "offer_type": "overdraft",
+            "limit": 500,
+            "currency": "EUR",
+            "valid_hours": 2,
+        },
+    )
     sent = time.time()
     publish(settings, accepted)
 
@@ -72,8 +84,7 @@ def test_s1_overdraft_reaches_atm_trigger_and_redis_with_ttl(
     assert 2 * 3600 - 60 < ttl <= 2 * 3600, ttl
     print(f"entitlement visible in Redis {seen_in_redis * 1000:.0f} ms after publish")
 
-    [trigger] = readers[settings.trigger_topic("atm")].wait_for(
-        lambda t: t["customer_id"] == cid)
+    [trigger] = readers[settings.trigger_topic("atm")].wait_for(lambda t: t["customer_id"] == cid)
     assert validate_record("trigger", trigger) == []
     assert trigger["type"] == "overdraft_entitlement"
     assert trigger["source_event_id"] == accepted["event_id"]
@@ -99,12 +110,26 @@ def test_s5_roaming_offer_consent_and_cooldown(
     decisions.wait_for(lambda d: d["customer_id"] == cid, count=3)
 
     # Consent withdrawn on the web holds for SMS: the next new country gets nothing.
-    publish(settings, make_event(cid, "web", "consent.updated",
-                                 {"channel": "sms", "purpose": "marketing", "granted": False}))
+    publish(
+        settings,
+        make_event(
+            cid,
+            "web",
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": False},
+        ),
+    )
     given_consent_applied = wait_for(
-        lambda: orjson.loads(redis.Redis.from_url(settings.redis_url.get_secret_value())
-                             .get(f"omni:profile:{cid}") or b"{}")
-        .get("consents", {}).get("sms:marketing") is False, 30, "the consent in Redis")
+        lambda: orjson.loads(
+            redis.Redis.from_url(settings.redis_url.get_secret_value()).get(f"omni:profile:{cid}")
+            or b"{}"
+        )
+        .get("consents", {})
+        .get("sms:marketing")
+        is False,
+        30,
+        "the consent in Redis",
+    )
     assert given_consent_applied
     italy = attached("IT")
     publish(settings, italy)
@@ -120,7 +145,9 @@ def test_s5_roaming_offer_consent_and_cooldown(
     sms = readers[settings.trigger_topic("sms")]
     offers = sms.wait_for(lambda t: t["customer_id"] == cid, count=2)
     assert [(t["type"], t["payload"]["country"]) for t in offers] == [
-        ("roaming_offer", "FR"), ("roaming_offer", "ES")]
+        ("roaming_offer", "FR"),
+        ("roaming_offer", "ES"),
+    ]
     assert all(t["expires_at"] is not None for t in offers)
 
 
@@ -129,8 +156,12 @@ def test_duplicates_have_no_effect(
 ) -> None:
     cid = customer("dup")
     given_profile(settings, cid, home_country="DE")
-    profile = make_event(cid, "telco", "telco.call_started",
-                         {"destination_country": "FR", "call_type": "international"})
+    profile = make_event(
+        cid,
+        "telco",
+        "telco.call_started",
+        {"destination_country": "FR", "call_type": "international"},
+    )
     fr = make_event(cid, "telco", "telco.network_attached", {"country": "FR"})
     publish(settings, profile, fr, fr, profile)
     marker = make_event(cid, "telco", "telco.network_attached", {"country": "ES"})
@@ -139,10 +170,14 @@ def test_duplicates_have_no_effect(
     decisions.wait_for(lambda d: d["source_event_id"] == marker["event_id"])
     assert [d[0] for d in decisions_of(decisions, cid)] == [fr["event_id"], marker["event_id"]]
     offers = readers[settings.trigger_topic("sms")].wait_for(
-        lambda t: t["customer_id"] == cid, count=2)
+        lambda t: t["customer_id"] == cid, count=2
+    )
     assert [t["payload"]["country"] for t in offers] == ["FR", "ES"]
-    wait_for(lambda: "omni_events_duplicate_total 3.0" in worker.metrics(), 10,
-             "three duplicates counted")
+    wait_for(
+        lambda: "omni_events_duplicate_total 3.0" in worker.metrics(),
+        10,
+        "three duplicates counted",
+    )
 
 
 @pytest.mark.parametrize("local_state", ["kept", "lost"])

@@ -38,9 +38,7 @@ def test_cluster_id_is_kafka_uuid_format() -> None:
 
 def test_server_properties_template_is_fully_substituted(tmp_path: Path) -> None:
     text = render_server_properties(39092, 39093, tmp_path / "data")
-    props = dict(
-        ln.split("=", 1) for ln in text.splitlines() if ln and not ln.startswith("#")
-    )
+    props = dict(ln.split("=", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
     assert "${" not in text
     assert props["process.roles"] == "broker,controller"
     assert props["controller.quorum.voters"] == "1@127.0.0.1:39093"
@@ -111,9 +109,12 @@ def test_stop_group_stops_grandchildren(tmp_path: Path) -> None:
     proc = procs.spawn_detached([sys.executable, "-c", script], tmp_path / "log")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and procs.group_alive(proc.pid):
-        if "sleep" in subprocess.run(
-            ["ps", "-o", "cmd=", "-g", str(proc.pid)], capture_output=True, text=True
-        ).stdout:
+        if (
+            "sleep"
+            in subprocess.run(
+                ["ps", "-o", "cmd=", "-g", str(proc.pid)], capture_output=True, text=True
+            ).stdout
+        ):
             break
         time.sleep(0.05)
     procs.stop_group(proc.pid, timeout=5, proc=proc)
@@ -148,7 +149,10 @@ def test_parse_local_bootstrap(bootstrap: str, port: int | None) -> None:
 def test_parse_redis_url() -> None:
     target = parse_redis_url("redis://:p%40ss@127.0.0.1:6380/0")
     assert (target.host, target.port, target.password, target.is_local) == (
-        "127.0.0.1", 6380, "p@ss", True,
+        "127.0.0.1",
+        6380,
+        "p@ss",
+        True,
     )
     assert parse_redis_url("redis://cache.internal/0").port == 6379
     assert not parse_redis_url("rediss://127.0.0.1:6379/0").is_local

@@ -17,8 +17,11 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_secrets_are_masked_when_printed() -> None:
-    settings = Settings(redis_url="redis://:hunter2@cache:6379/0",
-                        kafka_sasl_username="omni", kafka_sasl_password="s3cret")
+    settings = Settings(
+        redis_url="redis://:hunter2@cache:6379/0",
+        kafka_sasl_username="omni",
+        kafka_sasl_password="s3cret",
+    )
     shown = f"{settings!r} {settings} {settings.model_dump_json()}"
     assert "hunter2" not in shown and "s3cret" not in shown
     assert settings.redis_url.get_secret_value().endswith("@cache:6379/0")

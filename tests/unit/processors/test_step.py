@@ -15,8 +15,15 @@ NOW = parse_time("2026-11-22T12:00:00Z")
 POLICY = Policy()
 
 
-def event(type_: str, payload: dict[str, Any], *, event_id: str = "e1", at: float = NOW - 10,
-          channel: str = "mobile", customer: str = "c1") -> Event:
+def event(
+    type_: str,
+    payload: dict[str, Any],
+    *,
+    event_id: str = "e1",
+    at: float = NOW - 10,
+    channel: str = "mobile",
+    customer: str = "c1",
+) -> Event:
     return Event(event_id, type_, channel, customer, at, payload, produced_at=at)
 
 
@@ -25,13 +32,19 @@ def profile(**traits: Any) -> Event:
 
 
 def attach(country: str, event_id: str, at: float = NOW - 10) -> Event:
-    return event("telco.network_attached", {"country": country}, event_id=event_id, at=at,
-                 channel="telco")
+    return event(
+        "telco.network_attached", {"country": country}, event_id=event_id, at=at, channel="telco"
+    )
 
 
 def overdraft(event_id: str = "o1", at: float = NOW - 10, **extra: Any) -> Event:
-    payload = {"offer_id": "OD-1", "offer_type": "overdraft", "limit": 500, "currency": "EUR",
-               **extra}
+    payload = {
+        "offer_id": "OD-1",
+        "offer_type": "overdraft",
+        "limit": 500,
+        "currency": "EUR",
+        **extra,
+    }
     return event("offer.accepted", payload, event_id=event_id, at=at)
 
 
@@ -59,9 +72,12 @@ class TestOverdraft:
         assert "overdraft" not in state.entitlements
 
     def test_service_trigger_ignores_marketing_consent(self) -> None:
-        withdrawn = event("consent.updated",
-                          {"channel": "sms", "purpose": "marketing", "granted": False},
-                          event_id="c1", at=NOW - 20)
+        withdrawn = event(
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": False},
+            event_id="c1",
+            at=NOW - 20,
+        )
         _, out = step(None, [withdrawn, overdraft()], POLICY, NOW)
         assert [t.type for t in out.triggers] == ["overdraft_entitlement"]
 
@@ -80,12 +96,16 @@ class TestRoaming:
         state, out = step(self.home(), [attach("FR", "a1")], POLICY, NOW)
         [trigger] = out.triggers
         assert (trigger.type, trigger.channel, trigger.payload) == (
-            "roaming_offer", "sms", {"country": "FR"})
+            "roaming_offer",
+            "sms",
+            {"country": "FR"},
+        )
         assert "FR" in trigger.reason and state.last_country == "FR"
 
     def test_home_country_and_same_country_do_not_match(self) -> None:
-        _, out = step(self.home(), [attach("DE", "a1"), attach("FR", "a2"), attach("FR", "a3")],
-                      POLICY, NOW)
+        _, out = step(
+            self.home(), [attach("DE", "a1"), attach("FR", "a2"), attach("FR", "a3")], POLICY, NOW
+        )
         assert [d.source_event_id for d in out.decisions] == ["a2"]
 
     def test_unknown_home_country_offers_nothing(self) -> None:
@@ -93,9 +113,13 @@ class TestRoaming:
         assert out.decisions == []
 
     def test_withdrawn_sms_marketing_consent_suppresses(self) -> None:
-        withdrawn = event("consent.updated",
-                          {"channel": "sms", "purpose": "marketing", "granted": False},
-                          event_id="c1", channel="web", at=NOW - 20)
+        withdrawn = event(
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": False},
+            event_id="c1",
+            channel="web",
+            at=NOW - 20,
+        )
         _, out = step(self.home(), [withdrawn, attach("FR", "a1")], POLICY, NOW)
         assert out.triggers == []
         assert out.decisions[0].reasons == ("consent",)
@@ -106,17 +130,28 @@ class TestRoaming:
         assert out.decisions[0].reasons == ("consent",)
 
     def test_older_consent_event_does_not_override_newer(self) -> None:
-        newer = event("consent.updated", {"channel": "sms", "purpose": "marketing",
-                                          "granted": False}, event_id="c2", at=NOW - 5)
-        older = event("consent.updated", {"channel": "sms", "purpose": "marketing",
-                                          "granted": True}, event_id="c1", at=NOW - 50)
+        newer = event(
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": False},
+            event_id="c2",
+            at=NOW - 5,
+        )
+        older = event(
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": True},
+            event_id="c1",
+            at=NOW - 50,
+        )
         state, _ = step(self.home(), [newer, older], POLICY, NOW)
         assert state.consents["sms:marketing"]["granted"] is False
 
     def test_stale_attachments_set_no_cooldown(self) -> None:
         day = NOW - 40 * 3600
-        events = [attach("FR", "a1", day), attach("ES", "a2", day + 1),
-                  attach("FR", "a3", NOW - 10)]
+        events = [
+            attach("FR", "a1", day),
+            attach("ES", "a2", day + 1),
+            attach("FR", "a3", NOW - 10),
+        ]
         _, out = step(self.home(), events, POLICY, NOW + 0)
         outcomes = [(d.source_event_id, d.reasons) for d in out.decisions]
         assert outcomes == [("a1", ("stale",)), ("a2", ("stale",)), ("a3", ())]
@@ -125,16 +160,20 @@ class TestRoaming:
     def test_cooldown_after_emission(self) -> None:
         state, out = step(self.home(), [attach("FR", "a1", NOW - 100)], POLICY, NOW)
         assert len(out.triggers) == 1
-        state, out = step(state, [attach("ES", "a2", NOW - 50), attach("FR", "a3", NOW - 10)],
-                          POLICY, NOW)
+        state, out = step(
+            state, [attach("ES", "a2", NOW - 50), attach("FR", "a3", NOW - 10)], POLICY, NOW
+        )
         assert [(d.source_event_id, d.reasons) for d in out.decisions] == [
-            ("a2", ()), ("a3", ("cooldown",))]
+            ("a2", ()),
+            ("a3", ("cooldown",)),
+        ]
 
     def test_cooldown_expires_after_30_days(self) -> None:
         first = NOW - 31 * DAY
         state, _ = step(self.home(), [attach("FR", "a1", first)], POLICY, first + 1)
-        state, out = step(state, [attach("ES", "a2", NOW - 20), attach("FR", "a3", NOW - 10)],
-                          POLICY, NOW)
+        state, out = step(
+            state, [attach("ES", "a2", NOW - 20), attach("FR", "a3", NOW - 10)], POLICY, NOW
+        )
         assert [t.source_event_id for t in out.triggers] == ["a2", "a3"]
 
     def test_stale_event_updates_state_but_sends_nothing(self) -> None:
@@ -148,8 +187,7 @@ class TestDedupAndIds:
     def test_duplicate_event_has_no_effect(self) -> None:
         state, _ = step(None, [profile(home_country="DE")], POLICY, NOW)
         state, out = step(state, [attach("FR", "a1")], POLICY, NOW)
-        before = CustomerState.from_dict(
-            {k: getattr(state, k) for k in state.__slots__})  # type: ignore[attr-defined]
+        before = CustomerState.from_dict({k: getattr(state, k) for k in state.__slots__})  # type: ignore[attr-defined]
         state, out = step(state, [attach("FR", "a1")], POLICY, NOW)
         assert out.duplicates == 1 and not out.changed
         assert out.triggers == [] and out.decisions == []
@@ -168,8 +206,7 @@ class TestDedupAndIds:
 
     def test_ring_is_bounded_and_reports_early_eviction(self) -> None:
         policy = Policy(dedup_capacity=16)
-        events = [event("profile.updated", {"language": "en"}, event_id=f"x{i}")
-                  for i in range(20)]
+        events = [event("profile.updated", {"language": "en"}, event_id=f"x{i}") for i in range(20)]
         state, out = step(None, events, policy, NOW)
         assert len(state.seen_ids) == 16 == len(state.seen_days)
         assert out.dedup_early_evictions == 4
@@ -180,11 +217,24 @@ class TestDedupAndIds:
 class TestProfileAndReadModel:
     def test_profile_traits_products_and_last_seen(self) -> None:
         events = [
-            event("profile.updated", {"marital_status": "married", "children": 2,
-                                      "products_add": ["platinum_card", "ld_plan"]},
-                  event_id="p1", channel="crm", at=NOW - 30),
-            event("profile.updated", {"products_remove": ["ld_plan"]}, event_id="p2",
-                  channel="web", at=NOW - 20),
+            event(
+                "profile.updated",
+                {
+                    "marital_status": "married",
+                    "children": 2,
+                    "products_add": ["platinum_card", "ld_plan"],
+                },
+                event_id="p1",
+                channel="crm",
+                at=NOW - 30,
+            ),
+            event(
+                "profile.updated",
+                {"products_remove": ["ld_plan"]},
+                event_id="p2",
+                channel="web",
+                at=NOW - 20,
+            ),
         ]
         state, _ = step(None, events, POLICY, NOW)
         assert state.traits == {"marital_status": "married", "children": 2}
@@ -196,7 +246,8 @@ class TestProfileAndReadModel:
         writes = {w.key: w for w in project(state, NOW)}
         assert set(writes) == {profile_key("c1"), entitlement_key("c1", "overdraft")}
         assert writes[entitlement_key("c1", "overdraft")].expire_at == pytest.approx(
-            NOW - 10 + 3600)
+            NOW - 10 + 3600
+        )
         assert writes[profile_key("c1")].expire_at is None
         assert b'"home_country":"DE"' in writes[profile_key("c1")].value
 
@@ -211,6 +262,7 @@ class TestProfileAndReadModel:
 def test_state_round_trips_through_json() -> None:
     import orjson
 
-    state, _ = step(None, [profile(home_country="DE"), overdraft(), attach("FR", "a1")],
-                    POLICY, NOW)
+    state, _ = step(
+        None, [profile(home_country="DE"), overdraft(), attach("FR", "a1")], POLICY, NOW
+    )
     assert CustomerState.from_dict(orjson.loads(orjson.dumps(state))) == state

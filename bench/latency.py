@@ -1,0 +1,303 @@
+"""Event-to-trigger latency under a fixed open-loop rate (story S5 at scale).
+
+An idle processor (the worker, or a hand-written loop) gets ``rate`` roaming
+events per second: each is a ``telco.network_attached`` in a country the
+customer (home country known) has never been to, so each must yield one
+``roaming_offer`` on ``trigger.sms`` (the ceiling loop forwards one record per
+event instead). A probe consumer of that topic records when each trigger
+arrives; latency = arrival wall time - the event's *scheduled* send time.
+
+Using the schedule rather than the actual send time means a generator that
+falls behind (GC, a busy core) does not hide the delay from the result
+(no coordinated omission). Events go out with the SDK's producer settings
+(acks=all, idempotent, lz4, linger 5 ms), like a channel backend's.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+from hdrh.histogram import HdrHistogram
+
+from bench.kafkaio import loop_consumer, next_batch, send
+from bench.procs import Child, Worker, wait_until
+from bench.stack import BenchStack
+from bench.throughput import VARIANTS, ceiling_topic, extra_topics, loop_argv, marker_reached
+from bench.workload import LANGUAGES, TRAVEL_COUNTRIES, customer_id, home_country, rfc3339_now
+from processors.settings import Settings
+from producers.sdk import PRODUCER_CONFIG
+
+#: After the last send, wait this long for stragglers before counting them missing.
+DRAIN_S = 15.0
+#: Roaming events per latency customer at most (distinct countries, none the home).
+COUNTRIES_PER_CUSTOMER = len(TRAVEL_COUNTRIES) - 1
+
+
+@dataclass
+class Plan:
+    rate: float
+    seconds: float
+    warmup: float
+
+    @property
+    def total(self) -> int:
+        return math.ceil(self.rate * (self.warmup + self.seconds))
+
+    @property
+    def customers(self) -> int:
+        # Enough customers that each gets only a few events, spread over partitions.
+        return max(math.ceil(self.total / COUNTRIES_PER_CUSTOMER), min(self.total, 2000))
+
+
+@dataclass
+class LatencyResult:
+    variant: str
+    name: str
+    rate: float
+    seconds: float
+    measured: int
+    received: int
+    missing: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    max_ms: float
+    mean_ms: float
+    #: How far the generator fell behind its schedule at worst, and how often > 5 ms.
+    send_lag_max_ms: float
+    late_sends: int
+    #: Per second of the schedule: [second, median ms, max ms]; a rising line means the
+    #: processor fell behind the rate (saturated), a flat one a steady delay.
+    timeline: list[tuple[int, float, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def latency_customer(index: int) -> str:
+    return f"lat-{customer_id(index)}"
+
+
+def _event(
+    event_id: str, customer: str, type_: str, channel: str, payload: dict[str, Any]
+) -> bytes:
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "type": type_,
+            "occurred_at": rfc3339_now(),
+            "channel": channel,
+            "customer_id": customer,
+            "payload": payload,
+        }
+    )
+
+
+def profile_messages(plan: Plan) -> Iterator[tuple[bytes, bytes]]:
+    for index in range(plan.customers):
+        home, customer = home_country(index), latency_customer(index)
+        yield (
+            customer.encode(),
+            _event(
+                f"lat-profile-{index}",
+                customer,
+                "profile.updated",
+                "telco",
+                {"home_country": home, "language": LANGUAGES[home]},
+            ),
+        )
+
+
+def roaming_message(plan: Plan, seq: int) -> tuple[str, bytes, bytes]:
+    """Event ``seq``: the next new foreign country of customer ``seq % customers``."""
+    index, visit = seq % plan.customers, seq // plan.customers
+    home, customer = home_country(index), latency_customer(index)
+    country = [c for c in TRAVEL_COUNTRIES if c != home][visit]
+    event_id = f"lat-{seq}"
+    value = _event(
+        event_id,
+        customer,
+        "telco.network_attached",
+        "telco",
+        {"country": country, "network": f"{country}-1"},
+    )
+    return event_id, customer.encode(), value
+
+
+class TriggerProbe(threading.Thread):
+    """Reads the trigger topic and notes when each awaited source event's trigger arrived."""
+
+    def __init__(self, settings: Settings, topic: str, sent: dict[str, float]) -> None:
+        super().__init__(name="trigger-probe", daemon=True)
+        self.sent = sent
+        self.received: dict[str, float] = {}
+        self.assigned = threading.Event()
+        self._stop_flag = threading.Event()
+        self._consumer = loop_consumer(
+            settings,
+            f"probe-{uuid.uuid4().hex[:8]}",
+            on_assign=lambda *_: self.assigned.set(),
+            topics=[topic],
+        )
+
+    def run(self) -> None:
+        while not self._stop_flag.is_set():
+            batch = next_batch(self._consumer, 500, timeout=0.1)
+            arrived = time.time()
+            for message in batch:
+                source = orjson.loads(message.value() or b"{}").get("source_event_id")
+                if source in self.sent and source not in self.received:
+                    self.received[source] = arrived
+        self._consumer.close()
+
+    def close(self) -> None:
+        self._stop_flag.set()
+        self.join(10)
+
+
+def play(
+    producer: Producer, topic: str, plan: Plan, sent: dict[str, float]
+) -> tuple[float, int, list[str]]:
+    """Send ``plan.total`` events on schedule; returns (max lag ms, late sends, measured ids)."""
+    wall_offset = time.time() - time.monotonic()
+    start = time.monotonic() + 0.05
+    warm = math.ceil(plan.rate * plan.warmup)
+    max_lag, late, measured = 0.0, 0, []
+    for seq in range(plan.total):
+        event_id, key, value = roaming_message(plan, seq)
+        due = start + seq / plan.rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            max_lag, late = max(max_lag, -delay), late + (delay < -0.005)
+        sent[event_id] = due + wall_offset  # before produce: the probe may see it at once
+        send(producer, topic, value, key)
+        producer.poll(0)
+        if seq >= warm:
+            measured.append(event_id)
+    producer.flush(30)
+    return max_lag * 1000.0, late, measured
+
+
+def summarize(
+    variant: str,
+    plan: Plan,
+    sent: dict[str, float],
+    received: dict[str, float],
+    measured: list[str],
+    lag_ms: float,
+    late: int,
+) -> LatencyResult:
+    histogram = HdrHistogram(1, 120_000_000, 3)  # 1 µs .. 120 s, 3 significant digits
+    by_second: dict[int, list[float]] = {}
+    start = sent[measured[0]] if measured else 0.0
+    for event_id in measured:
+        arrived = received.get(event_id)
+        if arrived is not None:
+            latency = arrived - sent[event_id]
+            histogram.record_value(max(1, int(latency * 1e6)))
+            by_second.setdefault(int(sent[event_id] - start), []).append(latency * 1000.0)
+    count = histogram.get_total_count()
+    timeline = [
+        (second, round(statistics.median(values), 1), round(max(values), 1))
+        for second, values in sorted(by_second.items())
+    ]
+
+    def ms(percentile: float) -> float:
+        return histogram.get_value_at_percentile(percentile) / 1000.0 if count else math.nan
+
+    return LatencyResult(
+        variant,
+        VARIANTS[variant],
+        plan.rate,
+        plan.seconds,
+        len(measured),
+        count,
+        len(measured) - count,
+        ms(50),
+        ms(90),
+        ms(99),
+        ms(99.9),
+        histogram.get_max_value() / 1000.0 if count else math.nan,
+        histogram.get_mean_value() / 1000.0 if count else math.nan,
+        lag_ms,
+        late,
+        timeline,
+    )
+
+
+def run_latency(stack: BenchStack, variant: str, plan: Plan, batch: int) -> LatencyResult:
+    settings = stack.settings(f"lat{variant}")
+    stack.create_topics(settings, extra_topics(settings))
+    stack.flush_redis()
+    output = ceiling_topic(settings) if variant == "a" else settings.trigger_topic("sms")
+    sent: dict[str, float] = {}
+    with ExitStack() as cleanup:
+        caught_up = _start_processor(stack, settings, variant, plan, batch, cleanup)
+        probe = TriggerProbe(settings, output, sent)
+        probe.start()
+        cleanup.callback(probe.close)
+        wait_until(probe.assigned.is_set, 60, "the trigger probe's assignment")
+        producer = Producer({**settings.kafka_client_config(), **PRODUCER_CONFIG})
+        for key, value in profile_messages(plan):
+            send(producer, settings.touchpoint_topic("telco"), value, key)
+        producer.flush(30)
+        wait_until(caught_up, 120, "the processor to take the home profiles", interval=0.2)
+        lag_ms, late, measured = play(producer, settings.touchpoint_topic("telco"), plan, sent)
+        expected = set(measured)
+        deadline = time.monotonic() + DRAIN_S
+        while not expected.issubset(probe.received) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return summarize(variant, plan, sent, probe.received, measured, lag_ms, late)
+
+
+def _start_processor(
+    stack: BenchStack, settings: Settings, variant: str, plan: Plan, batch: int, cleanup: ExitStack
+) -> Any:
+    """Start (c) or a loop, wait until it consumes; returns a "profiles are done" probe."""
+    if variant == "c":
+        worker = cleanup.enter_context(Worker(settings, stack.scratch("logs") / "worker-lat.log"))
+        print(f"    worker pid {worker.pid}", file=sys.stderr)
+        wait_until(worker.ready, 180, "the worker's /readyz")
+        return lambda: worker.processed() >= plan.customers
+    run_dir = stack.scratch(f"{settings.app_id}-{variant}")
+    child = cleanup.enter_context(
+        Child(loop_argv(variant, settings, run_dir, 0, batch), settings, run_dir / "loop.log")
+    )
+    wait_until(lambda: marker_reached(child, run_dir / "ready"), 120, "the loop's assignment")
+    return _group_caught_up(settings, f"{settings.app_id}-{variant}", cleanup)
+
+
+def _group_caught_up(settings: Settings, group: str, cleanup: ExitStack) -> Any:
+    """A probe: True once ``group`` committed the end of every touchpoint partition."""
+    # Only asks for offsets: a consumer that never subscribes does not join the group.
+    client = Consumer({**settings.kafka_client_config(), "group.id": group})
+    cleanup.callback(client.close)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in settings.touchpoint_topics
+        for p in range(settings.partitions)
+    ]
+
+    def probe() -> bool:
+        committed = client.committed(partitions, timeout=10)
+        for tp in committed:
+            _, high = client.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and tp.offset < high:
+                return False
+        return True
+
+    return probe

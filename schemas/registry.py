@@ -1,0 +1,149 @@
+"""Where the schemas live, which versions exist, and which event types exist.
+
+Schemas are laid out Iglu-style: ``iglu/<vendor>/<name>/jsonschema/<MODEL-REVISION-ADDITION>``
+(files without extension). Versions are SchemaVer: compared as integer tuples,
+so ``1-0-10`` is newer than ``1-0-9``.
+
+The registry of event types (which payload schema, which channels may send it)
+is Python, here, not a schema: it is routing, not shape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+#: Root of the Iglu tree: ``SCHEMA_ROOT / vendor / name / "jsonschema" / version``.
+SCHEMA_ROOT: Path = Path(__file__).parent / "iglu"
+#: Root of the sample documents:
+#:
+#: * ``valid/<type>/*.json``: events (the message value; key = customer_id, topic =
+#:   touchpoint.<channel>) that must pass;
+#: * ``invalid/*.json``: ``{"channel", "key", "value", "reason", "field", "note"}`` with
+#:   ``value`` the raw message as a string (null = no value), ``reason`` the expected
+#:   code and ``field`` the field an error must name; optional ``value_hex`` (raw bytes
+#:   that are not UTF-8) and ``max_bytes`` (a smaller size limit for that sample);
+#: * ``records/valid/<kind>/*.json`` and ``records/invalid/<kind>/*.json``
+#:   (``{"record", "field", "note"}``) for trigger, decision and deadletter.
+SAMPLES_ROOT: Path = Path(__file__).parent / "samples"
+#: Our vendor in the Iglu tree.
+VENDOR = "com.omnichannel"
+FORMAT = "jsonschema"
+
+SchemaVer = tuple[int, int, int]
+
+_SCHEMAVER = re.compile(r"([1-9][0-9]*)-(0|[1-9][0-9]*)-(0|[1-9][0-9]*)", re.ASCII)
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", re.ASCII)
+
+
+def parse_schemaver(version: str) -> SchemaVer:
+    """``"1-0-2"`` -> ``(1, 0, 2)``; ValueError when it is not MODEL-REVISION-ADDITION."""
+    match = _SCHEMAVER.fullmatch(version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a SchemaVer (MODEL-REVISION-ADDITION, e.g. 1-0-0)")
+    model, revision, addition = (int(part) for part in match.groups())
+    return model, revision, addition
+
+
+class SchemaKey(NamedTuple):
+    """One schema file: ``iglu:<vendor>/<name>/jsonschema/<version>``."""
+
+    vendor: str
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"iglu:{self.vendor}/{self.name}/{FORMAT}/{self.version}"
+
+    @property
+    def path(self) -> Path:
+        return SCHEMA_ROOT / self.vendor / self.name / FORMAT / self.version
+
+
+def _check_name(kind: str, value: str) -> None:
+    if not _SAFE_NAME.fullmatch(value):
+        raise ValueError(f"{kind} {value!r} is not a valid Iglu {kind}")
+
+
+def schema_versions(vendor: str, name: str) -> list[str]:
+    """Every published version of a schema, oldest first (SchemaVer order)."""
+    _check_name("vendor", vendor)
+    _check_name("name", name)
+    directory = SCHEMA_ROOT / vendor / name / FORMAT
+    if not directory.is_dir():
+        return []
+    versions = [p.name for p in directory.iterdir() if p.is_file() and _SCHEMAVER.fullmatch(p.name)]
+    return sorted(versions, key=parse_schemaver)
+
+
+def load_schema(vendor: str, name: str, version: str | None = None) -> dict[str, Any]:
+    """The schema document; the newest version when ``version`` is None.
+
+    Returns a fresh dict on every call (callers may change it). Raises
+    FileNotFoundError when no such schema (or version) is published.
+    """
+    if version is None:
+        versions = schema_versions(vendor, name)
+        if not versions:
+            raise FileNotFoundError(
+                f"no schema iglu:{vendor}/{name}/{FORMAT}/* under {SCHEMA_ROOT}"
+            )
+        version = versions[-1]
+    else:
+        _check_name("vendor", vendor)
+        _check_name("name", name)
+        parse_schemaver(version)
+    path = SchemaKey(vendor, name, version).path
+    if not path.is_file():
+        raise FileNotFoundError(f"no schema {SchemaKey(vendor, name, version).uri} ({path})")
+    document = orjson.loads(path.read_bytes())
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return document
+
+
+def iter_schemas() -> Iterator[SchemaKey]:
+    """Every schema file in the tree, sorted by vendor, name and SchemaVer."""
+    for vendor_dir in sorted(p for p in SCHEMA_ROOT.iterdir() if p.is_dir()):
+        for name_dir in sorted(p for p in vendor_dir.iterdir() if p.is_dir()):
+            for version in schema_versions(vendor_dir.name, name_dir.name):
+                yield SchemaKey(vendor_dir.name, name_dir.name, version)
+
+
+class EventType(NamedTuple):
+    """What the registry knows about one event type."""
+
+    #: Name of the payload schema (``iglu:com.omnichannel/<schema>/jsonschema/*``).
+    schema: str
+    #: Touchpoint channels that may send it; None = any channel.
+    channels: tuple[str, ...] | None
+
+
+#: type -> (payload schema name, channels allowed to send it or None for any).
+EVENT_TYPES: dict[str, EventType] = {
+    "profile.updated": EventType("profile_updated", None),
+    "consent.updated": EventType("consent_updated", None),
+    "offer.accepted": EventType("offer_accepted", None),
+    "telco.network_attached": EventType("telco_network_attached", ("telco",)),
+    "telco.call_started": EventType("telco_call_started", ("telco",)),
+    "atm.withdrawal": EventType("atm_withdrawal", ("atm",)),
+}
+
+KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(EVENT_TYPES)
+
+JOURNEY_STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "service", "loyalty")
+
+#: Name of the envelope schema.
+ENVELOPE = "event"
+#: Output records ``validate_record`` knows: kind = schema name.
+RECORD_KINDS: tuple[str, ...] = ("trigger", "decision", "deadletter")
+
+
+def payload_schema_name(event_type: str) -> str:
+    """The naming rule for payload schemas: ``telco.call_started`` -> ``telco_call_started``."""
+    return event_type.replace(".", "_")

@@ -1,0 +1,382 @@
+"""Validation of touchpoint events and output records against the contract.
+
+:class:`EventValidator` compiles every schema once, each at its newest version.
+The happy path (a valid event) parses the value once with orjson and runs two
+fastjsonschema functions (envelope, then the payload of its type); jsonschema
+is only used when fastjsonschema rejects, to collect *all* errors and explain
+each one (:mod:`schemas.messages`).
+
+Both engines get the same ``date-time`` check (:mod:`schemas.formats`) and the
+same regex semantics (ECMA 262 ``$`` = end of input, as fastjsonschema does and
+as every other language's validator does; Python's ``re`` would also accept a
+trailing newline), so they accept exactly the same documents.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import fastjsonschema
+import orjson
+from jsonschema import Draft7Validator, FormatChecker, validators
+from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
+
+from schemas.formats import is_rfc3339_datetime
+from schemas.messages import render, show
+from schemas.registry import (
+    ENVELOPE,
+    EVENT_TYPES,
+    KNOWN_EVENT_TYPES,
+    RECORD_KINDS,
+    VENDOR,
+    load_schema,
+    schema_versions,
+)
+
+# --- reason codes (the dead-letter ``reason``) ----------------------------
+TOO_LARGE = "too_large"
+NOT_JSON = "not_json"
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_TYPE = "unknown_type"
+SCHEMA_VIOLATION = "schema_violation"
+CHANNEL_MISMATCH = "channel_mismatch"
+MISSING_KEY = "missing_key"
+KEY_MISMATCH = "key_mismatch"
+PROCESSING_ERROR = "processing_error"
+#: What :meth:`EventValidator.check` can answer, in the order it checks.
+CHECK_REASONS: tuple[str, ...] = (
+    TOO_LARGE,
+    NOT_JSON,
+    NOT_AN_OBJECT,
+    UNKNOWN_TYPE,
+    SCHEMA_VIOLATION,
+    CHANNEL_MISMATCH,
+    MISSING_KEY,
+    KEY_MISMATCH,
+)
+#: Every dead-letter reason: the check reasons and the worker's own failure.
+REJECTION_REASONS: tuple[str, ...] = (*CHECK_REASONS, PROCESSING_ERROR)
+
+DEFAULT_MAX_BYTES = 64 * 1024
+#: At most this many errors per rejection (then one line says how many more).
+MAX_ERRORS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message breaks the contract: a reason code and one sentence per problem."""
+
+    reason: str
+    errors: tuple[str, ...]
+
+
+# --- the jsonschema side ---------------------------------------------------
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+@cache
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(_UNESCAPED_DOLLAR.sub(r"\\Z", pattern))
+
+
+def _pattern(
+    validator: Validator, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: Draft 7 with ECMA 262 ``$`` in ``pattern`` (the same as fastjsonschema).
+ContractValidator = validators.extend(Draft7Validator, {"pattern": _pattern})
+
+
+def format_checker() -> FormatChecker:
+    """jsonschema's checker for the contract: format assertion on, strict ``date-time``."""
+    checker = FormatChecker(formats=())
+    checker.checks("date-time")(is_rfc3339_datetime)
+    return checker
+
+
+FAST_FORMATS: dict[str, Callable[[str], bool]] = {"date-time": is_rfc3339_datetime}
+
+
+class CompiledSchema:
+    """One schema version, compiled for both engines."""
+
+    __slots__ = ("fast", "name", "schema", "slow", "version")
+
+    def __init__(self, name: str, version: str, schema: dict[str, Any]) -> None:
+        self.name = name
+        self.version = version
+        self.schema = schema
+        ContractValidator.check_schema(schema)
+        self.fast: Callable[[Any], Any] = fastjsonschema.compile(
+            schema, formats=FAST_FORMATS, use_default=False
+        )
+        self.slow = ContractValidator(schema, format_checker=format_checker())
+
+    @classmethod
+    def newest(cls, name: str, vendor: str = VENDOR) -> CompiledSchema:
+        version = schema_versions(vendor, name)[-1]
+        return cls(name, version, load_schema(vendor, name, version))
+
+    def is_valid(self, instance: Any) -> bool:
+        """fastjsonschema's verdict."""
+        try:
+            self.fast(instance)
+        except fastjsonschema.JsonSchemaValueException:
+            return False
+        return True
+
+    def explain(
+        self, instance: Any, prefix: str = "", root: str = "value"
+    ) -> list[tuple[str, str]]:
+        """jsonschema's errors as ``(field path, message)``; empty when valid."""
+        return render(self.slow.iter_errors(instance), prefix, root)
+
+    def errors(self, instance: Any, prefix: str = "", root: str = "value") -> list[str]:
+        """Fast verdict, then the explanation when invalid; empty list when valid."""
+        if self.is_valid(instance):
+            return []
+        explained = [message for _, message in self.explain(instance, prefix, root)]
+        return explained or [self._fast_message(instance, prefix, root)]
+
+    def _fast_message(self, instance: Any, prefix: str, root: str) -> str:
+        # Only if the engines ever disagree (tests make sure they do not): still say why.
+        try:
+            self.fast(instance)
+        except fastjsonschema.JsonSchemaValueException as exc:
+            where = (exc.name or "data").replace("data", prefix or root, 1)
+            return f"{where}: {exc.message} (schema {self.name} {self.version})"
+        return f"{prefix or root}: rejected by schema {self.name} {self.version}"
+
+
+def _capped(errors: list[str]) -> tuple[str, ...]:
+    if len(errors) <= MAX_ERRORS:
+        return tuple(errors)
+    more = len(errors) - MAX_ERRORS
+    return (
+        *errors[:MAX_ERRORS],
+        f"value: {more} more errors not shown — fix the ones above and validate again",
+    )
+
+
+class EventValidator:
+    """The contract check of the ingest agent and the producer SDK. Build once, share.
+
+    ``check`` is thread-safe (compiled validators hold no state).
+    """
+
+    def __init__(self) -> None:
+        self.envelope = CompiledSchema.newest(ENVELOPE)
+        self.payloads: dict[str, CompiledSchema] = {
+            event_type: CompiledSchema.newest(spec.schema)
+            for event_type, spec in EVENT_TYPES.items()
+        }
+        self.records: dict[str, CompiledSchema] = {
+            kind: CompiledSchema.newest(kind) for kind in RECORD_KINDS
+        }
+        envelope_types = self.envelope.schema["properties"]["type"]["enum"]
+        if sorted(envelope_types) != sorted(KNOWN_EVENT_TYPES):
+            raise RuntimeError(
+                f"the event schema's type enum {envelope_types} differs from the registry "
+                f"{list(KNOWN_EVENT_TYPES)}"
+            )
+        # type -> (payload check, allowed channels): the hot path's only lookup.
+        self._fast: dict[str, tuple[Callable[[Any], Any], tuple[str, ...] | None]] = {
+            event_type: (self.payloads[event_type].fast, spec.channels)
+            for event_type, spec in EVENT_TYPES.items()
+        }
+        self._fast_envelope = self.envelope.fast
+
+    @property
+    def schemas(self) -> dict[str, CompiledSchema]:
+        """Every compiled schema by name (envelope, payloads, records)."""
+        out = {self.envelope.name: self.envelope}
+        out.update({compiled.name: compiled for compiled in self.payloads.values()})
+        out.update(self.records)
+        return out
+
+    def check(
+        self,
+        channel: str,
+        key: bytes | None,
+        value: bytes | None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> dict[str, Any] | Rejection:
+        """The parsed event when ``value`` on ``touchpoint.<channel>`` with ``key`` is
+        valid, else the :class:`Rejection` (reason code and errors) for the dead letter."""
+        if value is not None and len(value) > max_bytes:
+            return Rejection(
+                TOO_LARGE,
+                (
+                    f"value: is {len(value)} bytes, more than the limit of {max_bytes} — send "
+                    f"events of at most {max_bytes} bytes "
+                    "(split large lists across several events)",
+                ),
+            )
+        if not value:
+            return Rejection(
+                NOT_JSON,
+                (
+                    "value: is empty — send one JSON object (UTF-8) per message; a Kafka "
+                    "tombstone (null value) is not an event",
+                ),
+            )
+        try:
+            event = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return Rejection(NOT_JSON, (_not_json(value, exc),))
+        if type(event) is not dict:
+            return Rejection(
+                NOT_AN_OBJECT,
+                (
+                    f"value: is {_json_kind(event)} — send one JSON object "
+                    "(the event envelope) per "
+                    "message",
+                ),
+            )
+        event_type = event.get("type")
+        fast = self._fast.get(event_type) if type(event_type) is str else None
+        if fast is None:
+            return self._explain(event)
+        payload_check, channels = fast
+        try:
+            self._fast_envelope(event)
+            payload_check(event["payload"])
+        except fastjsonschema.JsonSchemaValueException:
+            return self._explain(event)
+        if event["channel"] != channel:
+            return Rejection(
+                CHANNEL_MISMATCH,
+                (
+                    f"channel: {show(event['channel'])} does not match the topic's channel "
+                    f"{show(channel)} — publish the event to touchpoint.{event['channel']}, or set "
+                    f"channel to {show(channel)} if this backend is that channel",
+                ),
+            )
+        if channels is not None and channel not in channels:
+            allowed = ", ".join(channels)
+            return Rejection(
+                CHANNEL_MISMATCH,
+                (
+                    f"type: {event_type} events may only be sent by "
+                    f"channel{'s' * (len(channels) > 1)} "
+                    f"{allowed}, not by {channel} — publish it from the {allowed} backend to "
+                    f"touchpoint.{channels[0]}",
+                ),
+            )
+        if not key:
+            return Rejection(
+                MISSING_KEY,
+                (
+                    f"key: the message has no key — set the Kafka message key to the customer_id "
+                    f"({show(event['customer_id'])}, UTF-8) so all of a customer's events share a "
+                    "partition and stay in order",
+                ),
+            )
+        if key != event["customer_id"].encode():
+            try:
+                shown = show(key.decode("utf-8"))
+            except UnicodeDecodeError:
+                shown = f"{key[:40]!r} (not UTF-8)"
+            return Rejection(
+                KEY_MISMATCH,
+                (
+                    f"key: {shown} does not equal customer_id "
+                    f"{show(event['customer_id'])} — set the "
+                    "Kafka message key to the customer_id, encoded as UTF-8",
+                ),
+            )
+        return event
+
+    def _explain(self, event: dict[str, Any]) -> Rejection:
+        """The slow path: every error in envelope and payload, and the reason code."""
+        envelope_errors = self.envelope.explain(event)
+        type_errors = [message for path, message in envelope_errors if path == "type"]
+        other = [message for path, message in envelope_errors if path != "type"]
+        event_type = event.get("type")
+        payload = event.get("payload")
+        payload_schema = self.payloads.get(event_type) if type(event_type) is str else None
+        if payload_schema is not None and isinstance(payload, dict):
+            other += [message for _, message in payload_schema.explain(payload, "payload")]
+        if type_errors:
+            # One clear sentence about the type, whatever jsonschema said (enum, type, length).
+            if "type" not in event:
+                type_errors = [
+                    "type: required field is missing — set it to one of the known "
+                    f"event types: {', '.join(KNOWN_EVENT_TYPES)}"
+                ]
+            else:
+                type_errors = [
+                    f"type: {show(event_type)} is not a known event type — use one "
+                    f"of: {', '.join(KNOWN_EVENT_TYPES)} (a new type needs its schema "
+                    "published first)"
+                ]
+            if not other:
+                return Rejection(UNKNOWN_TYPE, tuple(type_errors))
+        errors = type_errors + other
+        if not errors:  # the engines disagree (a bug); still reject, with fastjsonschema's word
+            errors = self.envelope.errors(event)
+            if payload_schema is not None and not errors:
+                errors = payload_schema.errors(payload, "payload")
+        return Rejection(SCHEMA_VIOLATION, _capped(sorted(errors, key=_path_of)))
+
+    def record_errors(self, kind: str, record: Any) -> list[str]:
+        """Errors of an output record (``trigger``, ``decision``, ``deadletter``)."""
+        compiled = self.records.get(kind)
+        if compiled is None:
+            raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(RECORD_KINDS)}")
+        return compiled.errors(record, root=kind)
+
+
+def _not_json(value: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        bytes(value).decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (
+            f"value: is not UTF-8 (byte 0x{value[bad.start]:02x} at offset {bad.start} "
+            f"cannot be decoded) — encode the JSON as UTF-8, not Latin-1 or another "
+            "code page"
+        )
+    if value[:3] == b"\xef\xbb\xbf":
+        return "value: starts with a byte order mark — send UTF-8 JSON without a BOM"
+    return (
+        f"value: is not valid JSON ({exc}) — send one JSON object (no NaN or Infinity, "
+        "double-quoted keys and strings, no trailing commas)"
+    )
+
+
+def _path_of(message: str) -> str:
+    return message.split(":", 1)[0]
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "a JSON array, not an object"
+    if isinstance(value, str):
+        return "a JSON string, not an object"
+    if value is None:
+        return "JSON null, not an object"
+    if isinstance(value, bool):
+        return "a JSON boolean, not an object"
+    return "a JSON number, not an object"
+
+
+@cache
+def default_validator() -> EventValidator:
+    """One shared validator for :func:`validate_record` (built on first use)."""
+    return EventValidator()
+
+
+def validate_record(kind: str, record: Any) -> list[str]:
+    """Errors of an output record against its schema (newest version); [] when valid.
+
+    ``kind`` is ``trigger``, ``decision`` or ``deadletter``; ValueError otherwise.
+    """
+    return default_validator().record_errors(kind, record)

@@ -1,0 +1,13 @@
+"""The benchmark script still runs (its figures are not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas import bench_validator
+
+
+def test_bench_runs_and_prints_microseconds_per_event(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_validator.main(["--events", "200"])
+    out = capsys.readouterr().out
+    assert "valid events:" in out and "µs/event" in out

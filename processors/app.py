@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from faust.types import StreamT, TableT, TopicT
+from faust.types.transports import TransportT
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processors.batching import adaptive_batches, without_acks
@@ -24,6 +25,7 @@ from processors.ingest import Ingest
 from processors.metrics import Metrics
 from processors.projection import ReadModelWriter
 from processors.settings import TRIGGER_CHANNELS, Settings
+from processors.transport import new_transport
 from schemas import EventValidator
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ class Pipeline:
 
 class OmniApp(faust.App):
     pipeline: Pipeline
+
+    def _new_transport(self) -> TransportT:
+        # Bulk delivery from the fetch loop, so agents see real batches.
+        return new_transport(self)
 
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:

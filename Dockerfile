@@ -24,6 +24,9 @@ COPY producers /src/producers
 COPY schemas /src/schemas
 COPY devstack /src/devstack
 RUN pip install /src && rm -rf /src
+# Rules are data, outside the package: mount another folder here to change them,
+# then `docker kill -s HUP <worker>` reloads without a restart.
+COPY rules /etc/omni/rules
 
 # A fixed numeric uid, so orchestrators can check runAsNonRoot. /data is created
 # here and owned by it: a named volume mounted there starts with this owner.
@@ -37,7 +40,8 @@ WORKDIR /home/omni
 # 127.0.0.1 is unreachable through published ports and from Prometheus), and
 # the Faust/RocksDB state goes to the volume.
 ENV OMNI_WEB_BIND=0.0.0.0 \
-    OMNI_DATA_DIR=/data
+    OMNI_DATA_DIR=/data \
+    OMNI_RULES_DIR=/etc/omni/rules
 # /livez and /readyz on 6066 (OMNI_WEB_PORT), /metrics on 9108 (OMNI_METRICS_PORT).
 EXPOSE 6066 9108
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -20,10 +21,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from processors.batching import adaptive_batches, without_acks
 from processors.customer import CustomerProcessor
-from processors.domain.policy import Policy
+from processors.domain.contact import ContactPolicy
+from processors.domain.policy import DAY, Policy
+from processors.domain.step import StepContext
 from processors.ingest import Ingest
 from processors.metrics import Metrics
 from processors.projection import ReadModelWriter
+from processors.rulebook import RuleSet, load_ruleset
 from processors.settings import TRIGGER_CHANNELS, Settings
 from processors.transport import new_transport
 from schemas import EventValidator
@@ -49,6 +53,7 @@ class Pipeline:
     table: TableT[bytes, bytes]
     writer: ReadModelWriter
     source_topics: frozenset[str]
+    customer: CustomerProcessor
 
 
 class OmniApp(faust.App):
@@ -59,7 +64,35 @@ class OmniApp(faust.App):
         return new_transport(self)
 
 
+def contact_policy(settings: Settings) -> ContactPolicy:
+    return ContactPolicy(
+        frequency_cap_day=settings.frequency_cap_day,
+        frequency_cap_week=settings.frequency_cap_week,
+        pause_after=settings.pause_after_responses,
+        pause_window=settings.pause_window_days * DAY,
+        pause_for=settings.pause_for_days * DAY,
+        quiet_start=settings.quiet_hours_start,
+        quiet_end=settings.quiet_hours_end,
+        default_timezone=settings.default_timezone,
+        release_spread_seconds=int(settings.release_spread_seconds),
+        history_slack=min(7 * DAY, max(DAY, settings.max_event_age_seconds)),
+    )
+
+
+def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
+    """What ``step`` needs, for one rule set (a reload builds a new one)."""
+    return StepContext(
+        policy=Policy.from_settings(settings),
+        contact=contact_policy(settings),
+        ruleset=ruleset,
+        action_key=settings.action_token_key.get_secret_value().encode(),
+        timeline_length=settings.timeline_length,
+    )
+
+
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:
+    """The worker's app. A bad rule file raises ``RuleFileError`` naming it: fix and restart."""
+    ruleset = load_ruleset(Path(settings.rules_dir))
     app = OmniApp(
         settings.app_id,
         broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
@@ -93,26 +126,33 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     decisions = raw_topic(settings.decision_topic)
     triggers = {channel: raw_topic(settings.trigger_topic(channel)) for channel in TRIGGER_CHANNELS}
     table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    # The interaction timeline lives beside the compact customer record, not inside it.
+    timelines = app.Table(
+        "timelines", partitions=settings.partitions, key_type=bytes, value_type=bytes
+    )
     writer = ReadModelWriter(
         settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
     )
-    app.pipeline = Pipeline(
-        settings,
-        metrics,
-        table,
-        writer,
-        frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
-    )
     ingest = Ingest(settings, EventValidator(), metrics, customer_events, deadletters)
     customer = CustomerProcessor(
-        settings,
-        Policy.from_settings(settings),
-        metrics,
-        table,
-        triggers,
-        decisions,
-        deadletters,
-        writer,
+        settings=settings,
+        ctx=step_context(settings, ruleset),
+        metrics=metrics,
+        table=table,
+        timelines=timelines,
+        trigger_topics=triggers,
+        decisions=decisions,
+        deadletters=deadletters,
+        writer=writer,
+    )
+    metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
+    app.pipeline = Pipeline(
+        settings=settings,
+        metrics=metrics,
+        table=table,
+        writer=writer,
+        source_topics=frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
+        customer=customer,
     )
     batch_size = metrics.batch_events
     batch_seconds = metrics.batch_seconds

@@ -1,11 +1,17 @@
 """The customer step: one batch of customer events in, state, triggers, decisions and
-read-model writes out.
+read-model writes out; and the timer tick.
 
 Per batch: group events by partition and customer, read each customer's state
-once, run the pure ``step``, write each changed state once (one changelog
-record per customer per batch), queue triggers and decisions with
+and timeline once, run the pure ``step``, write each changed record once (one
+changelog record per customer per batch), queue triggers and decisions with
 ``send_soon`` (delivered in producer batches, never awaited one by one), and hand
 the read-model writes to the Redis writer, which acks the batch once they land.
+
+Timers (deferred triggers, "ignored" checks) live in the customer records. The
+tick asks an in-memory due index which customers have a timer due and fires
+them inside their own partition (Faust tables are written per partition), with
+the same write-once-then-send discipline. The index is rebuilt from the table
+whenever the assignment changes, so timers survive restarts and rebalances.
 """
 
 from __future__ import annotations
@@ -13,37 +19,73 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from faust.streams import _current_event
 from faust.types import EventT, TableT, TopicT
 
 from processors.batching import partition_context
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.domain.model import CustomerState, Event, StepOutputs, Trigger
-from processors.domain.policy import Policy
-from processors.domain.read_model import ReadModelWrite, project
-from processors.domain.step import step
+from processors.domain.read_model import ReadModelWrite, project, timeline_write
+from processors.domain.step import StepContext, fire_timers, step
+from processors.domain.timers import DueIndex, next_due
 from processors.metrics import Metrics
 from processors.projection import ReadModelWriter
 from processors.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The state record serializes its (always present) timer list like this when empty.
+_NO_TIMERS = b'"timers":[]'
+
+
+async def _nothing_to_ack() -> None:
+    return None
+
+
+@dataclass(slots=True, weakref_slot=True)
+class _Anchor:
+    """Stands in for an event of ``partition`` so the table writes there (timer tick)."""
+
+    message: Any
+
+
+@contextmanager
+def _in_partition(topic: str, partition: int) -> Iterator[None]:
+    anchor = _Anchor(message=_PartitionMessage(topic, partition))
+    token = _current_event.set(weakref.ref(anchor))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+@dataclass(slots=True, frozen=True)
+class _PartitionMessage:
+    topic: str
+    partition: int
+
 
 @dataclass(slots=True)
 class CustomerProcessor:
     settings: Settings
-    policy: Policy
+    ctx: StepContext
     metrics: Metrics
     table: TableT[bytes, bytes]
+    timelines: TableT[bytes, bytes]
     trigger_topics: dict[str, TopicT]
     decisions: TopicT
     deadletters: TopicT
     writer: ReadModelWriter
+    #: partition -> due index of that partition's customers.
+    due: dict[int, DueIndex] = field(default_factory=dict)
 
     def process(self, events: list[EventT], ack: Callable[[], Awaitable[None]]) -> None:
         now = time.time()
@@ -52,24 +94,26 @@ class CustomerProcessor:
             # The ingest agent dead-letters keyless messages, so every key is set.
             by_partition[event.message.partition][event.message.key or b""].append(event)
         writes: list[ReadModelWrite] = []
-        for customers in by_partition.values():
+        for partition, customers in by_partition.items():
+            due = self.due.get(partition)
             for key, customer_events in customers.items():
                 with partition_context(customer_events[-1]):
-                    writes.extend(self._process_customer(key, customer_events, now))
+                    writes.extend(self._process_customer(key, customer_events, now, due))
         self.metrics.processed.inc(len(events))
         self.writer.submit(writes, ack)
 
     def _process_customer(
-        self, key: bytes, raw_events: list[EventT], now: float
+        self, key: bytes, raw_events: list[EventT], now: float, due: DueIndex | None
     ) -> list[ReadModelWrite]:
         try:
             parsed = [
                 Event.from_record(orjson.loads(e.message.value or b""), e.message.timestamp)
                 for e in raw_events
             ]
-            stored = self.table.get(key)
-            state = None if stored is None else CustomerState.from_dict(orjson.loads(stored))
-            state, out = step(state, parsed, self.policy, now)
+            state = self._load(key)
+            stored_timeline = self.timelines.get(key)
+            timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
+            state, out = step(state, parsed, self.ctx, now, timeline)
         except Exception as exc:  # a bug for one customer must not stop the partition
             log.exception("Customer step failed for a batch of %d events", len(raw_events))
             for event in raw_events:
@@ -77,10 +121,83 @@ class CustomerProcessor:
             return []
         if out.changed:
             self.table[key] = orjson.dumps(state)
+            if out.timeline is not None and out.timeline != timeline:
+                self.timelines[key] = orjson.dumps(out.timeline)
+            if due is not None:
+                due.update(key, next_due(state.timers))
         self._send(key, out)
         # Duplicates re-project too: after a crash, replayed events are duplicates
         # and this is what makes the read model converge (whole values, idempotent).
-        return project(state, now)
+        writes = project(state, now)
+        if out.timeline:
+            writes.append(timeline_write(state.customer_id, out.timeline))
+        return writes
+
+    def _load(self, key: bytes) -> CustomerState | None:
+        stored = self.table.get(key)
+        return None if stored is None else CustomerState.from_dict(orjson.loads(stored))
+
+    # --- timers ---------------------------------------------------------------------------
+
+    def rebuild_due(self, partitions: set[int], partition_of: Callable[[bytes], int]) -> int:
+        """Index every customer with timers in ``partitions`` (after an assignment change)."""
+        self.due = {p: DueIndex() for p in partitions}
+        indexed = 0
+        for key, value in self.table.items():
+            if _NO_TIMERS in value:
+                continue
+            partition = partition_of(key)
+            index = self.due.get(partition)
+            if index is None:
+                continue
+            when = next_due(orjson.loads(value).get("timers") or [])
+            if when is not None:
+                index.update(key, when)
+                indexed += 1
+        self.metrics.timers_pending.set(indexed)
+        return indexed
+
+    def fire_due(self, now: float) -> int:
+        """Fire every timer due by ``now`` on this worker's partitions; returns how many."""
+        fired = 0
+        writes: list[ReadModelWrite] = []
+        topic = self.settings.customer_events_topic
+        for partition, index in self.due.items():
+            keys = index.pop_due(now)
+            if not keys:
+                continue
+            with _in_partition(topic, partition):
+                for key in keys:
+                    fired += self._fire_customer(key, index, now, writes)
+        if writes:
+            self.writer.submit(writes, _nothing_to_ack)
+        return fired
+
+    def _fire_customer(
+        self, key: bytes, index: DueIndex, now: float, writes: list[ReadModelWrite]
+    ) -> int:
+        try:
+            state = self._load(key)
+            if state is None:
+                return 0
+            lags = [now - t["due_at"] for t in state.timers if t["due_at"] <= now]
+            out = fire_timers(state, self.ctx, now)
+        except Exception:
+            log.exception("Firing timers failed for one customer; they stay scheduled")
+            index.update(key, now + 60.0)  # try again in a minute, do not spin
+            return 0
+        if out.changed:
+            # Timers and their effects are written together: a fired timer cannot fire again.
+            self.table[key] = orjson.dumps(state)
+            writes.extend(project(state, now))
+        index.update(key, next_due(state.timers))
+        for lag in lags:
+            self.metrics.timer_lag.observe(max(0.0, lag))
+        self.metrics.timers_fired.inc(len(lags))
+        self._send(key, out)
+        return len(lags)
+
+    # --- outputs --------------------------------------------------------------------------
 
     def _send(self, key: bytes, out: StepOutputs) -> None:
         metrics = self.metrics
@@ -93,12 +210,18 @@ class CustomerProcessor:
             metrics.triggers(trigger.type, trigger.channel).inc()
         for decision in out.decisions:
             self.decisions.send_soon(key=key, value=orjson.dumps(decision.to_record()))
+            metrics.decisions(decision.rule, decision.outcome).inc()
             if decision.reasons:
                 metrics.suppressed(decision.trigger_type, decision.reasons[0]).inc()
+        for rule, message in out.rule_errors:
+            metrics.rule_errors(rule).inc()
+            log.warning("Rule %s failed on an event (treated as no match): %s", rule, message)
         if out.duplicates:
             metrics.duplicates.inc(out.duplicates)
         if out.dedup_early_evictions:
             metrics.dedup_early_evictions.inc(out.dedup_early_evictions)
+        if out.timers_refused:
+            metrics.timers_refused.inc(out.timers_refused)
 
     def _latency_callback(self, trigger: Trigger) -> Callable[[Any], None]:
         histogram = self.metrics.trigger_latency(trigger.type)

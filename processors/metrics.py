@@ -127,3 +127,47 @@ class Metrics:
                 registry=r,
             )
         )
+        self.decisions = Bound(
+            Counter(
+                "omni_decisions",
+                "Decisions logged, by rule and outcome (emitted, suppressed, deferred, released)",
+                ["rule", "outcome"],
+                registry=r,
+            )
+        )
+        self.rule_errors = Bound(
+            Counter(
+                "omni_rule_errors",
+                "Rule expressions that failed at run time (treated as no match)",
+                ["rule"],
+                registry=r,
+            )
+        )
+        self.timers_fired = Counter(
+            "omni_timers_fired", "Per-customer timers fired by the tick", registry=r
+        )
+        self.timers_refused = Counter(
+            "omni_timers_refused",
+            "Timers not scheduled because a customer's list was full",
+            registry=r,
+        )
+        self.timer_lag = Histogram(
+            "omni_timer_lag_seconds",
+            "How late a timer fired after its due time",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.timers_pending = Gauge(
+            "omni_timers_pending_customers", "Customers with a timer scheduled", registry=r
+        )
+        self.ruleset_reloads = Bound(
+            Counter(
+                "omni_ruleset_reloads",
+                "Rule set reloads on SIGHUP, by result (ok, refused)",
+                ["result"],
+                registry=r,
+            )
+        )
+        self.ruleset_info = Gauge(
+            "omni_ruleset_info", "The running rule set (value 1)", ["ruleset"], registry=r
+        )

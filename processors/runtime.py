@@ -8,10 +8,16 @@ alive (``/livez``) while it recovers, and not ready (``/readyz``) until it has.
 from __future__ import annotations
 
 import logging
+import signal
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
+from aiokafka.partitioner import murmur2
 from mode import Service
+
+from processors.rulebook import try_reload
 
 if TYPE_CHECKING:
     from faust.tables.manager import TableManager
@@ -26,6 +32,7 @@ class WorkerRuntime(Service):
         super().__init__(**kwargs)
         self.app = app
         self._runner: web.AppRunner | None = None
+        self._indexed_partitions: frozenset[int] | None = None
 
     def is_ready(self) -> bool:
         """Partitions assigned and tables recovered."""
@@ -41,6 +48,10 @@ class WorkerRuntime(Service):
 
     async def on_start(self) -> None:
         self.app.pipeline.writer.start()
+        try:
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_rules)
+        except (NotImplementedError, RuntimeError):  # not the main thread / not POSIX
+            log.warning("SIGHUP rule reload is not available in this process")
         http = web.Application()
         http.router.add_get("/livez", self._livez)
         http.router.add_get("/readyz", self._readyz)
@@ -53,6 +64,69 @@ class WorkerRuntime(Service):
             settings.web_bind,
             settings.web_port,
         )
+
+    def reload_rules(self) -> bool:
+        """Swap in the rule files as they are now; a bad set is refused, the old one runs on.
+
+        Runs on the event loop between agent batches (batches are processed without
+        awaiting), so one batch never sees two rule sets. State is untouched.
+        """
+        pipeline = self.app.pipeline
+        customer = pipeline.customer
+        current = customer.ctx.ruleset
+        ruleset, error = try_reload(Path(pipeline.settings.rules_dir), current)
+        if error is not None:
+            pipeline.metrics.ruleset_reloads("refused").inc()
+            log.error(
+                "Rule reload refused, still running rule set %s: %s", current.ruleset_id, error
+            )
+            return False
+        from processors.app import step_context
+
+        customer.ctx = step_context(pipeline.settings, ruleset)
+        pipeline.metrics.ruleset_info.remove(current.ruleset_id)
+        pipeline.metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
+        pipeline.metrics.ruleset_reloads("ok").inc()
+        log.info(
+            "Rule set %s replaced by %s (%d rules)",
+            current.ruleset_id,
+            ruleset.ruleset_id,
+            len(ruleset.rules),
+        )
+        return True
+
+    @Service.task
+    async def _timer_tick(self) -> None:
+        """Fire due per-customer timers on this worker's partitions."""
+        pipeline = self.app.pipeline
+        interval = pipeline.settings.timer_tick_seconds
+        topic = pipeline.settings.customer_events_topic
+        partitions = pipeline.settings.partitions
+        while not self.should_stop:
+            await self.sleep(interval)
+            if not self.is_ready():
+                self._indexed_partitions = None
+                continue
+            try:
+                assigned = frozenset(
+                    tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic
+                )
+                if assigned != self._indexed_partitions:
+                    started = time.monotonic()
+                    indexed = pipeline.customer.rebuild_due(
+                        set(assigned), lambda key: (murmur2(key) & 0x7FFFFFFF) % partitions
+                    )
+                    self._indexed_partitions = assigned
+                    log.info(
+                        "Timer index rebuilt for partitions %s: %d customers in %.2fs",
+                        sorted(assigned),
+                        indexed,
+                        time.monotonic() - started,
+                    )
+                pipeline.customer.fire_due(time.time())
+            except Exception:  # never let the tick die: timers stay in state
+                log.exception("Timer tick failed; retrying at the next tick")
+                self._indexed_partitions = None
 
     async def on_stop(self) -> None:
         await self.app.pipeline.writer.stop()

@@ -8,10 +8,14 @@ directory. Secrets are ``SecretStr`` so printing the settings never shows them.
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The rule files shipped with the package (``rules/`` at the repository root).
+DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
 #: Channels that publish touchpoint events (``touchpoint.<channel>``).
 TOUCHPOINT_CHANNELS: tuple[str, ...] = (
@@ -95,6 +99,33 @@ class Settings(BaseSettings):
     commit_interval_seconds: float = Field(1.0, gt=0, description="Offset commit interval")
     producer_linger_ms: int = Field(5, ge=0, description="Producer batching delay")
     log_level: str = "info"
+
+    # --- Decisioning (rules as data, contact policy) -------------------------
+    rules_dir: str = Field(
+        str(DEFAULT_RULES_DIR),
+        description="Folder of rule files (*.yaml); SIGHUP reloads it without a restart",
+    )
+    action_token_key: SecretStr = Field(
+        SecretStr("dev-only-action-token-key-change-me"),
+        description="HMAC key signing one-tap action tokens; set a random secret in production",
+    )
+    timeline_length: int = Field(20, ge=1, le=200, description="Interactions kept per customer")
+    frequency_cap_day: int = Field(3, ge=0, description="Marketing triggers per rolling 24 h")
+    frequency_cap_week: int = Field(10, ge=0, description="Marketing triggers per rolling 7 days")
+    pause_after_responses: int = Field(
+        2, ge=1, description="Declines/ignores of an offer type within the window that pause it"
+    )
+    pause_window_days: float = Field(30.0, gt=0)
+    pause_for_days: float = Field(60.0, gt=0)
+    quiet_hours_start: str = Field("21:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    quiet_hours_end: str = Field("08:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    default_timezone: str = Field("UTC", description="IANA zone for customers without one")
+    release_spread_seconds: float = Field(
+        600.0, ge=0, description="Deferred triggers are released over this many seconds"
+    )
+    timer_tick_seconds: float = Field(
+        0.5, gt=0, description="How often each worker fires due per-customer timers"
+    )
 
     @field_validator("topic_namespace")
     @classmethod

@@ -14,21 +14,49 @@ import redis
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.domain.model import CustomerState
-from processors.domain.read_model import project
+from processors.domain.read_model import project, timeline_write
 from processors.projection import queue_writes
 from processors.settings import Settings
 
 PIPELINE_SIZE = 1000
 
 
-def changelog_topic(settings: Settings) -> str:
+def changelog_topic(settings: Settings, table: str = "customers") -> str:
     # Faust names a table's changelog "<app id>-<table>-changelog".
-    return f"{settings.app_id}-customers-changelog"
+    return f"{settings.app_id}-{table}-changelog"
 
 
 def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, int]:
     """Returns (customers, keys written)."""
-    topic = changelog_topic(settings)
+    latest = read_changelog(settings, changelog_topic(settings), timeout)
+    timelines = read_changelog(
+        settings, changelog_topic(settings, "timelines"), timeout, required=False
+    )
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    now = time.time()
+    keys = customers = 0
+    pipe = client.pipeline(transaction=False)
+    for key, value in latest.items():
+        if value is None:
+            continue
+        state = CustomerState.from_dict(orjson.loads(value))
+        customers += 1
+        writes = project(state, now)
+        timeline = timelines.get(key)
+        if timeline:
+            writes.append(timeline_write(state.customer_id, orjson.loads(timeline)))
+        queue_writes(pipe, writes)
+        keys += len(writes)
+        if len(pipe) >= PIPELINE_SIZE:
+            pipe.execute()
+    pipe.execute()
+    return customers, keys
+
+
+def read_changelog(
+    settings: Settings, topic: str, timeout: float, required: bool = True
+) -> dict[bytes, bytes | None]:
+    """The newest value per key of a (compacted) changelog topic; None = deleted."""
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
@@ -41,6 +69,8 @@ def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, 
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if metadata.error is not None:
+            if not required:
+                return {}
             raise RuntimeError(
                 f"No changelog topic {topic}: has the worker (OMNI_APP_ID={settings.app_id}) "
                 "ever run against this cluster?"
@@ -60,19 +90,4 @@ def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, 
             latest[message.key() or b""] = message.value()  # None = tombstone (deleted)
     finally:
         consumer.close()
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    now = time.time()
-    keys = customers = 0
-    pipe = client.pipeline(transaction=False)
-    for value in latest.values():
-        if value is None:
-            continue
-        state = CustomerState.from_dict(orjson.loads(value))
-        customers += 1
-        writes = project(state, now)
-        queue_writes(pipe, writes)
-        keys += len(writes)
-        if len(pipe) >= PIPELINE_SIZE:
-            pipe.execute()
-    pipe.execute()
-    return customers, keys
+    return latest

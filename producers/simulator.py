@@ -79,6 +79,10 @@ def story_s1(customer: str = "alice-s1") -> Iterator[tuple[str, dict[str, Any]]]
             },
         ),
     )
+    yield (
+        "walks into a branch: the advisor gets her history",
+        make_event(customer, "branch", "branch.visit", {"branch_id": "LDN-CITY-1"}),
+    )
 
 
 def story_s5(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -123,6 +127,110 @@ def story_s5(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]
     )
     yield "lands in Italy: no offer, no consent", attached("IT")
 
+
+def story_s2(customer: str = "tom-s2") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S2: a second foreign-airport withdrawal (another ATM) brings the travel card offer."""
+
+    def airport_atm(atm_id: str, country: str) -> dict[str, Any]:
+        payload = {
+            "amount": 100,
+            "currency": "EUR",
+            "country": country,
+            "atm_id": atm_id,
+            "location_type": "airport",
+        }
+        return make_event(customer, "atm", "atm.withdrawal", payload)
+
+    yield (
+        "profile",
+        make_event(
+            customer, "crm", "profile.updated", {"home_country": "GB", "preferred_channel": "email"}
+        ),
+    )
+    yield "withdraws at Madrid airport", airport_atm("MAD-T4-07", "ES")
+    yield "withdraws at Lisbon airport: travel card offer", airport_atm("LIS-T1-02", "PT")
+
+
+def story_s3(
+    married: str = "john-s3", single: str = "ana-s3"
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """S3: a wedding campaign reaches the single customer, never the married father of two."""
+    yield (
+        "john's profile: married, 2 children",
+        make_event(
+            married,
+            "crm",
+            "profile.updated",
+            {"marital_status": "married", "children": 2, "preferred_channel": "email"},
+        ),
+    )
+    yield (
+        "ana's profile: single",
+        make_event(
+            single,
+            "crm",
+            "profile.updated",
+            {"marital_status": "single", "preferred_channel": "push"},
+        ),
+    )
+    for customer in (married, single):
+        caption = (
+            "wedding campaign: suppressed (profile)"
+            if customer == married
+            else ("wedding campaign: sent on her preferred channel")
+        )
+        yield (
+            caption,
+            make_event(
+                customer,
+                "crm",
+                "campaign.requested",
+                {"campaign_id": "WED-2026", "offer_type": "wedding"},
+            ),
+        )
+
+
+def story_s4(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S4: a long-distance call gets the plan offer by SMS before it connects."""
+    yield (
+        "starts an international call: plan offer by SMS",
+        make_event(
+            customer,
+            "telco",
+            "telco.call_started",
+            {"destination_country": "US", "call_type": "international"},
+        ),
+    )
+
+
+def story_s6(customer: str = "lee-s6") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S6/S9: one-tap responses are tracked; an unsubscribe holds on every channel."""
+    yield "profile", make_event(customer, "crm", "profile.updated", {"home_country": "DE"})
+    yield (
+        "long-distance call: offer with accept/decline/unsubscribe",
+        make_event(
+            customer,
+            "telco",
+            "telco.call_started",
+            {"destination_country": "CA", "call_type": "long_distance"},
+        ),
+    )
+    yield (
+        "taps unsubscribe on the SMS",
+        make_event(
+            customer,
+            "sms",
+            "consent.updated",
+            {"channel": "sms", "purpose": "marketing", "granted": False},
+        ),
+    )
+    yield (
+        "arrives in France: no offer (consent)",
+        make_event(customer, "telco", "telco.network_attached", {"country": "FR"}),
+    )
+
+
+STORIES = (story_s1, story_s5, story_s2, story_s3, story_s4, story_s6)
 
 BACKGROUND_CHANNELS = ("mobile", "web", "atm", "telco", "crm")
 COUNTRIES = ("DE", "FR", "ES", "IT", "NL", "PT", "GB", "US")
@@ -206,8 +314,8 @@ def run_simulation(
     """Play the stories, then background traffic until ``seconds`` pass (0 = forever)."""
     rng = random.Random(7)
     with TouchpointProducer(settings) as producer:
-        for story in (story_s1(), story_s5()):
-            for caption, event in story:
+        for story in STORIES:
+            for caption, event in story():
                 producer.publish(event)
                 producer.flush()
                 printer(f"{event['customer_id']}: {caption}")

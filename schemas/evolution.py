@@ -6,7 +6,8 @@ at every object node (recursively through ``properties`` and ``items``):
 
 * every old property is still there, and its definition follows the same rule;
 * a new property is not ``required``; ``required`` does not change;
-* every other keyword (type, enum, bounds, pattern, format, additionalProperties...)
+* an ``enum`` may gain values (old data stays valid), never lose one;
+* every other keyword (type, bounds, pattern, format, additionalProperties...)
   is unchanged. Only annotations (``description``, ``title``, ``examples``,
   ``$comment``) and the ``self`` block may differ.
 
@@ -64,6 +65,13 @@ def _compare(old: Any, new: Any, where: str, problems: list[str]) -> None:
             problems.append(f"{where}: keyword {keyword!r} added ({new[keyword]!r})")
         elif keyword not in new:
             problems.append(f"{where}: keyword {keyword!r} removed (was {old[keyword]!r})")
+        elif (
+            keyword == "enum" and isinstance(old[keyword], list) and isinstance(new[keyword], list)
+        ):
+            # More allowed values accept more, and everything valid before stays valid.
+            dropped = [value for value in old[keyword] if value not in new[keyword]]
+            if dropped:
+                problems.append(f"{where}: enum values removed: {dropped}")
         elif keyword == "required":
             if sorted(old[keyword]) != sorted(new[keyword]):
                 problems.append(

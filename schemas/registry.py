@@ -132,6 +132,9 @@ EVENT_TYPES: dict[str, EventType] = {
     "telco.network_attached": EventType("telco_network_attached", ("telco",)),
     "telco.call_started": EventType("telco_call_started", ("telco",)),
     "atm.withdrawal": EventType("atm_withdrawal", ("atm",)),
+    "branch.visit": EventType("branch_visit", ("branch",)),
+    "campaign.requested": EventType("campaign_requested", ("crm",)),
+    "offer.declined": EventType("offer_declined", None),
 }
 
 KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(EVENT_TYPES)

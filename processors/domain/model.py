@@ -13,6 +13,8 @@ from typing import Any
 # Outcomes on decision.log.
 EMITTED = "emitted"
 SUPPRESSED = "suppressed"
+DEFERRED = "deferred"
+RELEASED = "released"
 
 # Message classes: service messages bypass the marketing contact policy.
 MARKETING = "marketing"
@@ -83,6 +85,18 @@ class CustomerState:
     seen_ids: list[int] = field(default_factory=list)
     seen_days: list[int] = field(default_factory=list)
     updated_at: float | None = None
+    #: Marketing contact history (``processors.domain.contact.ContactState.to_dict()``).
+    contact: dict[str, Any] = field(default_factory=dict)
+    #: Durable timers (``processors.domain.timers``), sorted by due time.
+    timers: list[dict[str, Any]] = field(default_factory=list)
+    #: trigger_id -> {offer_type, rule, channel, expires_at} of marketing triggers sent and
+    #: not yet answered; a response looks its offer up here, expiry makes it "ignored".
+    offers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Foreign-airport ATM withdrawals of the last 30 days: {atm_id, country, at} (S2).
+    airport_withdrawals: list[dict[str, Any]] = field(default_factory=list)
+    #: Messaging channel (sms, email, push) -> responses seen from it, to learn the
+    #: preferred channel when the profile does not set one.
+    response_channels: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls, customer_id: str) -> CustomerState:
@@ -109,6 +123,10 @@ class Trigger:
     payload: dict[str, Any]
     #: Not on the wire: when the source event was produced, for the latency metric.
     source_produced_at: float = 0.0
+    message_class: str = SERVICE
+    ruleset: str | None = None
+    #: One-tap actions (marketing only): [{kind, token}].
+    actions: tuple[dict[str, str], ...] = ()
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -122,6 +140,9 @@ class Trigger:
             "rule": self.rule,
             "reason": self.reason,
             "payload": self.payload,
+            "message_class": self.message_class,
+            **({"ruleset": self.ruleset} if self.ruleset else {}),
+            **({"actions": list(self.actions)} if self.actions else {}),
         }
 
 
@@ -138,9 +159,20 @@ class Decision:
     reasons: tuple[str, ...]
     trigger_id: str | None
     decided_at: float
+    ruleset: str | None = None
+    message_class: str | None = None
+    channel: str | None = None
+    release_at: float | None = None
 
     def to_record(self) -> dict[str, Any]:
+        optional = {
+            "ruleset": self.ruleset,
+            "message_class": self.message_class,
+            "channel": self.channel,
+            "release_at": None if self.release_at is None else format_time(self.release_at),
+        }
         return {
+            **{name: value for name, value in optional.items() if value is not None},
             "decision_id": self.decision_id,
             "customer_id": self.customer_id,
             "rule": self.rule,
@@ -164,3 +196,9 @@ class StepOutputs:
     dedup_early_evictions: int = 0
     #: False when every event was a duplicate: state is unchanged.
     changed: bool = False
+    #: (rule id, message) of rule expressions that failed at run time.
+    rule_errors: list[tuple[str, str]] = field(default_factory=list)
+    #: Timers refused because the customer's timer list was full.
+    timers_refused: int = 0
+    #: The customer's timeline after the batch, when one was given to ``step``.
+    timeline: list[dict[str, Any]] | None = None

@@ -24,6 +24,10 @@ def entitlement_key(customer_id: str, kind: str) -> str:
     return f"{KEY_PREFIX}:entitlement:{customer_id}:{kind}"
 
 
+def timeline_key(customer_id: str) -> str:
+    return f"{KEY_PREFIX}:timeline:{customer_id}"
+
+
 @dataclass(slots=True, frozen=True)
 class ReadModelWrite:
     key: str
@@ -56,3 +60,8 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
                 )
             )
     return writes
+
+
+def timeline_write(customer_id: str, timeline: list[dict[str, object]]) -> ReadModelWrite:
+    """``omni:timeline:<id>``: the recent interactions, newest first (call center, branch)."""
+    return ReadModelWrite(timeline_key(customer_id), orjson.dumps(timeline))

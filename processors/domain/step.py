@@ -1,56 +1,465 @@
 """``step(state, events) -> (state, outputs)``: one customer's batch, as a pure function.
 
-For each event, in order: drop it if it is a duplicate; evaluate the rules
-against the state *before* the event; record a decision per matching rule and
-emit the trigger when nothing suppressed it; then fold the event into state.
+For each event, in order: drop it if it is a duplicate; note a response to an
+earlier offer; evaluate the rule set against the state *before* the event; decide
+every match (service: expiry only; marketing: staleness, then the contact policy
+of :mod:`processors.domain.contact`); record a decision per match and emit, defer
+or suppress; then fold the event into state. :func:`fire_timers` does the same
+for timers that came due (deferred triggers, "ignored" checks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from processors.domain.ids import decision_id, event_fingerprint, trigger_id
+from processors.domain import contact as cp
+from processors.domain import timers as tm
+from processors.domain.actions import actions_for
+from processors.domain.ids import _hex_id, decision_id, event_fingerprint, trigger_id
 from processors.domain.model import (
+    DEFERRED,
     EMITTED,
+    MARKETING,
+    RELEASED,
     SUPPRESSED,
     CustomerState,
     Decision,
     Event,
     StepOutputs,
     Trigger,
+    format_time,
 )
-from processors.domain.policy import DAY, Policy
-from processors.domain.rules import RULES, Proposal, Rule, overdraft_grant
+from processors.domain.policy import DAY, EXPIRED, STALE, Policy, has_marketing_consent, is_stale
+from processors.domain.timeline import add_to_timeline
+from processors.rulebook import Match, RuleSet
+
+#: Touchpoint channel of a response -> the messaging channel it tells us she prefers.
+RESPONSE_CHANNEL_PREFERENCE = {"sms": "sms", "email": "email", "mobile": "push"}
+AIRPORT_WINDOW = 30 * DAY
+AIRPORT_KEEP = 16
+
+
+@dataclass(slots=True, frozen=True)
+class StepContext:
+    """Everything ``step`` needs besides state and events; built once per rule set."""
+
+    policy: Policy
+    contact: cp.ContactPolicy
+    ruleset: RuleSet
+    action_key: bytes
+    timeline_length: int = 20
 
 
 def step(
     state: CustomerState | None,
     events: Sequence[Event],
-    policy: Policy,
+    ctx: StepContext,
     now: float,
-    rules: Sequence[Rule] = RULES,
+    timeline: list[dict[str, Any]] | None = None,
 ) -> tuple[CustomerState, StepOutputs]:
     """Fold one customer's events (all with the same ``customer_id``) into state.
 
     ``now`` is the wall-clock time of processing; it only decides staleness and
     expiry at processing time. Everything else uses the event's ``occurred_at``.
+    ``timeline`` (the customer's recent interactions, newest first) is read by
+    rules and returned updated in ``outputs.timeline``.
     """
     if state is None:
         state = CustomerState.new(events[0].customer_id)
-    out = StepOutputs()
+    out = StepOutputs(timeline=list(timeline) if timeline is not None else None)
     today = int(now // DAY)
+    contact = cp.ContactState.from_dict(state.contact)
     for event in events:
-        if not _remember(state, event.event_id, today, policy, out):
+        if not _remember(state, event.event_id, today, ctx.policy, out):
             out.duplicates += 1
             continue
         out.changed = True
-        for rule in rules:
-            proposal = rule(state, event, policy, now)
-            if proposal is not None:
-                _decide(state, event, proposal, now, out)
-        apply_event(state, event, policy)
+        _note_response(state, contact, event, ctx)
+        if ctx.ruleset.listens_to(event.type):
+            evaluation = ctx.ruleset.evaluate(
+                event_context(event), state_context(state, out.timeline), now
+            )
+            out.rule_errors.extend(evaluation.errors)
+            _decide(state, contact, event, evaluation.matches, ctx, now, out)
+        apply_event(state, event, ctx.policy)
+        if out.timeline is not None:
+            out.timeline = add_to_timeline(out.timeline, [event], ctx.timeline_length)
+    cp.prune(contact, now, ctx.contact)
+    state.contact = contact.to_dict()
     prune_expired(state, now)
     return state, out
+
+
+def fire_timers(state: CustomerState, ctx: StepContext, now: float) -> StepOutputs:
+    """Fire this customer's due timers; the caller writes ``state`` back with the outputs."""
+    out = StepOutputs()
+    due = tm.pop_due(state.timers, now)
+    if not due:
+        return out
+    out.changed = True
+    contact = cp.ContactState.from_dict(state.contact)
+    for timer in due:
+        if timer.kind == tm.DEFERRED_TRIGGER:
+            _release(state, contact, timer, ctx, now, out)
+        elif timer.kind == tm.IGNORED_CHECK:
+            offer = state.offers.pop(timer.data["trigger_id"], None)
+            if offer is not None:  # no response before it expired: ignored
+                cp.record_response(
+                    contact, offer["offer_type"], cp.IGNORED, timer.due_at, ctx.contact
+                )
+    state.contact = contact.to_dict()
+    return out
+
+
+# --- contexts the rules see ------------------------------------------------------------------
+
+
+def event_context(event: Event) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "type": event.type,
+        "channel": event.channel,
+        "customer_id": event.customer_id,
+        "occurred_at": event.occurred_at,
+        "payload": event.payload,
+    }
+
+
+def state_context(
+    state: CustomerState, timeline: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The customer as rules see it (before the current event)."""
+    return {
+        "customer_id": state.customer_id,
+        "traits": state.traits,
+        "products": state.products,
+        "last_country": state.last_country,
+        "entitlements": state.entitlements,
+        "airport_withdrawals": state.airport_withdrawals,
+        "preferred_channel": preferred_channel(state),
+        "timeline": timeline or [],
+    }
+
+
+def preferred_channel(state: CustomerState) -> str | None:
+    """The profile's ``preferred_channel``, else the channel she responds on most."""
+    explicit = state.traits.get("preferred_channel")
+    if explicit:
+        return str(explicit)
+    if not state.response_channels:
+        return None
+    return max(sorted(state.response_channels), key=state.response_channels.__getitem__)
+
+
+# --- deciding --------------------------------------------------------------------------------
+
+
+def _decide(
+    state: CustomerState,
+    contact: cp.ContactState,
+    event: Event,
+    matches: Sequence[Match],
+    ctx: StepContext,
+    now: float,
+    out: StepOutputs,
+) -> None:
+    candidates: list[tuple[Match, cp.Candidate]] = []
+    for match in matches:
+        channel = _channel(state, match)
+        tid = trigger_id(match.rule.id, event.customer_id, event.event_id)
+        if match.message_class != MARKETING:
+            expired = match.expires_at is not None and match.expires_at <= now
+            reasons = (EXPIRED,) if expired else ()
+            _record(state, event, match, channel, tid, reasons, ctx, now, out)
+            continue
+        if is_stale(event.occurred_at, now, ctx.policy):
+            _record(state, event, match, channel, tid, (STALE,), ctx, now, out)
+            continue
+        if match.expires_at is not None and match.expires_at <= now:
+            _record(state, event, match, channel, tid, (EXPIRED,), ctx, now, out)
+            continue
+        candidates.append(
+            (
+                match,
+                cp.Candidate(
+                    rule_id=match.rule.id,
+                    trigger_id=tid,
+                    offer_type=match.rule.trigger_type,
+                    channel=channel,
+                    priority=match.priority,
+                    value=match.value,
+                    expires_at=match.expires_at,
+                    cooldown_key=match.cooldown_key,
+                    cooldown_seconds=match.cooldown_seconds,
+                    eligible=match.eligible,
+                    consent_granted=has_marketing_consent(state, channel, ctx.policy),
+                ),
+            )
+        )
+    if not candidates:
+        return
+    verdicts = cp.decide(
+        contact,
+        [candidate for _, candidate in candidates],
+        event.occurred_at,
+        now,
+        state.traits.get("timezone"),
+        state.cooldowns,
+        ctx.contact,
+    )
+    for (match, candidate), verdict in zip(candidates, verdicts, strict=True):
+        if verdict.outcome == EMITTED:
+            cp.record_sent(contact, candidate.offer_type, event.occurred_at, ctx.contact)
+        elif verdict.outcome == DEFERRED:
+            _defer(state, event, match, candidate, verdict.release_at or now, ctx, out)
+        _record(
+            state,
+            event,
+            match,
+            candidate.channel,
+            candidate.trigger_id,
+            verdict.reasons,
+            ctx,
+            now,
+            out,
+            outcome=verdict.outcome,
+            release_at=verdict.release_at,
+        )
+
+
+def _channel(state: CustomerState, match: Match) -> str:
+    if match.channel != "preferred":
+        return match.channel
+    return preferred_channel(state) or match.fallback_channel or "email"
+
+
+def _record(
+    state: CustomerState,
+    event: Event,
+    match: Match,
+    channel: str,
+    tid: str,
+    reasons: tuple[str, ...],
+    ctx: StepContext,
+    now: float,
+    out: StepOutputs,
+    outcome: str | None = None,
+    release_at: float | None = None,
+) -> None:
+    """Log the decision; emit the trigger when it goes now."""
+    outcome = outcome or (SUPPRESSED if reasons else EMITTED)
+    rule = match.rule
+    out.decisions.append(
+        Decision(
+            decision_id=decision_id(rule.id, event.customer_id, event.event_id),
+            customer_id=event.customer_id,
+            rule=rule.id,
+            trigger_type=rule.trigger_type,
+            source_event_id=event.event_id,
+            outcome=outcome,
+            reasons=reasons,
+            trigger_id=None if outcome == SUPPRESSED else tid,
+            decided_at=now,
+            ruleset=ctx.ruleset.ruleset_id,
+            message_class=match.message_class,
+            channel=channel,
+            release_at=release_at,
+        )
+    )
+    if outcome in (SUPPRESSED, DEFERRED):
+        if outcome == DEFERRED and match.cooldown_key is not None:
+            # A deferred offer holds its cooldown: the next match tonight is not another one.
+            state.cooldowns[match.cooldown_key] = event.occurred_at
+        return
+    if match.cooldown_key is not None:
+        state.cooldowns[match.cooldown_key] = event.occurred_at
+    payload = _payload(state, match, event)
+    _emit(
+        state,
+        Trigger(
+            trigger_id=tid,
+            type=rule.trigger_type,
+            customer_id=event.customer_id,
+            channel=channel,
+            created_at=now,
+            expires_at=match.expires_at,
+            source_event_id=event.event_id,
+            rule=rule.id,
+            reason=match.reason,
+            payload=payload,
+            source_produced_at=event.produced_at,
+            message_class=match.message_class,
+            ruleset=ctx.ruleset.ruleset_id,
+        ),
+        ctx,
+        out,
+    )
+
+
+def _payload(state: CustomerState, match: Match, event: Event) -> dict[str, Any]:
+    # Times are epoch seconds inside rules; on the wire every ``*_at`` is RFC 3339.
+    payload = {
+        name: format_time(value)
+        if name.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool)
+        else value
+        for name, value in match.payload.items()
+    }
+    if match.rule.trigger_type == "customer_briefing":
+        # What the branch needs besides the rule's fields: history and entitlements.
+        payload.setdefault("entitlements", _entitlements_view(state, event.occurred_at))
+    return payload
+
+
+def _entitlements_view(state: CustomerState, at: float) -> list[dict[str, Any]]:
+    return [
+        {"kind": kind, **grant, "expires_at": format_time(grant["expires_at"])}
+        for kind, grant in sorted(state.entitlements.items())
+        if grant["expires_at"] > at
+    ]
+
+
+def _emit(state: CustomerState, trigger: Trigger, ctx: StepContext, out: StepOutputs) -> None:
+    """Send a trigger; a marketing one gets one-tap actions and a response watch."""
+    if trigger.message_class == MARKETING:
+        expires_at = trigger.expires_at if trigger.expires_at is not None else trigger.created_at
+        actions = tuple(
+            actions_for(ctx.action_key, trigger.trigger_id, trigger.customer_id, expires_at)
+        )
+        trigger = Trigger(**{**_fields(trigger), "actions": actions})
+        state.offers[trigger.trigger_id] = {
+            "offer_type": trigger.type,
+            "rule": trigger.rule,
+            "channel": trigger.channel,
+            "expires_at": trigger.expires_at,
+        }
+        if trigger.expires_at is not None:
+            watch = tm.Timer.new(
+                tm.IGNORED_CHECK,
+                trigger.customer_id,
+                trigger.trigger_id,
+                trigger.expires_at,
+                {"trigger_id": trigger.trigger_id},
+            )
+            if not tm.schedule(state.timers, watch) and not tm.is_scheduled(
+                state.timers, watch.timer_id
+            ):
+                out.timers_refused += 1
+    out.triggers.append(trigger)
+
+
+def _fields(trigger: Trigger) -> dict[str, Any]:
+    return {name: getattr(trigger, name) for name in Trigger.__slots__}
+
+
+def _defer(
+    state: CustomerState,
+    event: Event,
+    match: Match,
+    candidate: cp.Candidate,
+    release_at: float,
+    ctx: StepContext,
+    out: StepOutputs,
+) -> None:
+    timer = tm.Timer.new(
+        tm.DEFERRED_TRIGGER,
+        event.customer_id,
+        candidate.trigger_id,
+        release_at,
+        {
+            "candidate": candidate.to_dict(),
+            "trigger": {
+                "type": match.rule.trigger_type,
+                "rule": match.rule.id,
+                "reason": match.reason,
+                "payload": _payload(state, match, event),
+                "source_event_id": event.event_id,
+                "produced_at": event.produced_at,
+            },
+        },
+    )
+    if not tm.schedule(state.timers, timer) and not tm.is_scheduled(state.timers, timer.timer_id):
+        out.timers_refused += 1
+
+
+def _release(
+    state: CustomerState,
+    contact: cp.ContactState,
+    timer: tm.Timer,
+    ctx: StepContext,
+    now: float,
+    out: StepOutputs,
+) -> None:
+    candidate = cp.Candidate.from_dict(timer.data["candidate"])
+    spec = timer.data["trigger"]
+    consent = has_marketing_consent(state, candidate.channel, ctx.policy)
+    verdict = cp.check_release(contact, candidate, timer.due_at, consent, ctx.contact)
+    released = verdict.outcome == RELEASED
+    out.decisions.append(
+        Decision(
+            decision_id=_hex_id("release", candidate.trigger_id),
+            customer_id=state.customer_id,
+            rule=candidate.rule_id,
+            trigger_type=candidate.offer_type,
+            source_event_id=spec["source_event_id"],
+            outcome=verdict.outcome,
+            reasons=verdict.reasons,
+            trigger_id=candidate.trigger_id if released else None,
+            decided_at=now,
+            ruleset=ctx.ruleset.ruleset_id,
+            message_class=MARKETING,
+            channel=candidate.channel,
+        )
+    )
+    if not released:
+        return
+    cp.record_sent(contact, candidate.offer_type, timer.due_at, ctx.contact)
+    _emit(
+        state,
+        Trigger(
+            trigger_id=candidate.trigger_id,
+            type=candidate.offer_type,
+            customer_id=state.customer_id,
+            channel=candidate.channel,
+            created_at=now,
+            expires_at=candidate.expires_at,
+            source_event_id=spec["source_event_id"],
+            rule=candidate.rule_id,
+            reason=spec["reason"] + " (held until quiet hours ended)",
+            payload=spec["payload"],
+            source_produced_at=now,
+            message_class=MARKETING,
+            ruleset=ctx.ruleset.ruleset_id,
+        ),
+        ctx,
+        out,
+    )
+
+
+# --- responses and state ---------------------------------------------------------------------
+
+
+def _note_response(
+    state: CustomerState, contact: cp.ContactState, event: Event, ctx: StepContext
+) -> None:
+    """An accepted or declined offer: response history, pause, learned channel."""
+    if event.type not in ("offer.accepted", "offer.declined"):
+        return
+    payload = event.payload
+    offer = state.offers.pop(payload.get("trigger_id") or "", None)
+    if offer is not None:
+        tm.cancel(
+            state.timers, tm.timer_id(tm.IGNORED_CHECK, event.customer_id, payload["trigger_id"])
+        )
+    offer_type = offer["offer_type"] if offer else payload["offer_type"]
+    if event.type == "offer.declined":
+        cp.record_response(contact, offer_type, cp.DECLINED, event.occurred_at, ctx.contact)
+    else:
+        cp.record_accepted(contact, offer_type, event.occurred_at)
+    learned = RESPONSE_CHANNEL_PREFERENCE.get(event.channel)
+    if learned is not None:
+        state.response_channels[learned] = state.response_channels.get(learned, 0) + 1
 
 
 def _remember(
@@ -70,43 +479,18 @@ def _remember(
     return True
 
 
-def _decide(
-    state: CustomerState, event: Event, proposal: Proposal, now: float, out: StepOutputs
-) -> None:
-    emitted = not proposal.suppressed_by
-    tid = trigger_id(proposal.rule, event.customer_id, event.event_id)
-    out.decisions.append(
-        Decision(
-            decision_id=decision_id(proposal.rule, event.customer_id, event.event_id),
-            customer_id=event.customer_id,
-            rule=proposal.rule,
-            trigger_type=proposal.trigger_type,
-            source_event_id=event.event_id,
-            outcome=EMITTED if emitted else SUPPRESSED,
-            reasons=proposal.suppressed_by,
-            trigger_id=tid if emitted else None,
-            decided_at=now,
-        )
-    )
-    if not emitted:
-        return
-    if proposal.cooldown_key is not None:
-        state.cooldowns[proposal.cooldown_key] = event.occurred_at
-    out.triggers.append(
-        Trigger(
-            trigger_id=tid,
-            type=proposal.trigger_type,
-            customer_id=event.customer_id,
-            channel=proposal.channel,
-            created_at=now,
-            expires_at=proposal.expires_at,
-            source_event_id=event.event_id,
-            rule=proposal.rule,
-            reason=proposal.reason,
-            payload=proposal.payload,
-            source_produced_at=event.produced_at,
-        )
-    )
+def overdraft_grant(event: Event, policy: Policy) -> dict[str, Any] | None:
+    """The entitlement an ``offer.accepted`` for an overdraft grants, or None."""
+    payload = event.payload
+    if payload.get("offer_type") != "overdraft":
+        return None
+    valid_hours = payload.get("valid_hours", policy.overdraft_default_valid_hours)
+    return {
+        "limit": payload.get("limit"),
+        "currency": payload.get("currency"),
+        "offer_id": payload["offer_id"],
+        "expires_at": event.occurred_at + valid_hours * 3600.0,
+    }
 
 
 def apply_event(state: CustomerState, event: Event, policy: Policy) -> None:
@@ -127,10 +511,25 @@ def apply_event(state: CustomerState, event: Event, policy: Policy) -> None:
         grant = overdraft_grant(event, policy)
         if grant is not None and grant["limit"] is not None:
             state.entitlements["overdraft"] = grant
+    elif kind == "atm.withdrawal":
+        _note_airport_withdrawal(state, event)
     previous = state.last_seen.get(event.channel)
     if previous is None or event.occurred_at > previous:
         state.last_seen[event.channel] = event.occurred_at
     state.updated_at = max(state.updated_at or 0.0, event.occurred_at)
+
+
+def _note_airport_withdrawal(state: CustomerState, event: Event) -> None:
+    payload = event.payload
+    home = state.traits.get("home_country")
+    if payload["location_type"] != "airport" or payload["country"] == home:
+        return
+    horizon = event.occurred_at - AIRPORT_WINDOW
+    kept = [w for w in state.airport_withdrawals if w["at"] > horizon]
+    kept.append(
+        {"atm_id": payload["atm_id"], "country": payload["country"], "at": event.occurred_at}
+    )
+    state.airport_withdrawals = kept[-AIRPORT_KEEP:]
 
 
 def _apply_profile(state: CustomerState, payload: dict[str, object]) -> None:

@@ -38,6 +38,10 @@ def make_settings(kafka: str, redis_url: str, data_dir: Path, **overrides: Any) 
         "data_dir": str(data_dir),
         "web_port": free_port(),
         "metrics_port": free_port(),
+        # No quiet hours unless a test asks: outcomes must not depend on the time of day.
+        "quiet_hours_start": "00:00",
+        "quiet_hours_end": "00:00",
+        "timer_tick_seconds": 0.2,
         **overrides,
     }
     return Settings(**values)

@@ -41,16 +41,25 @@ def given_profile(settings: Settings, cid: str, **traits: Any) -> None:
 
     def applied() -> bool:
         raw = client.get(f"omni:profile:{cid}")
-        return raw is not None and all(orjson.loads(raw).get(k) == v for k, v in traits.items())
+        if raw is None:
+            return False
+        profile = orjson.loads(raw)
+        products = profile.get("products", [])
+        return all(
+            all(p in products for p in v) if k == "products_add" else profile.get(k) == v
+            for k, v in traits.items()
+        )
 
     wait_for(applied, 30, f"the profile of {cid} in Redis")
 
 
-def decisions_of(reader: TopicReader, customer_id: str) -> list[tuple[str, str, list[str]]]:
+def decisions_of(
+    reader: TopicReader, customer_id: str, rule: str = "roaming_offer"
+) -> list[tuple[str, str, list[str]]]:
     return [
         (d["source_event_id"], d["outcome"], d["reasons"])
         for d in reader.poll()
-        if d["customer_id"] == customer_id
+        if d["customer_id"] == customer_id and d["rule"] == rule
     ]
 
 
@@ -107,7 +116,7 @@ def test_s5_roaming_offer_consent_and_cooldown(
     fr, es, fr_again = attached("FR"), attached("ES"), attached("FR")
     publish(settings, fr, attached("FR"), es, fr_again)
     decisions = readers[settings.decision_topic]
-    decisions.wait_for(lambda d: d["customer_id"] == cid, count=3)
+    decisions.wait_for(lambda d: d["customer_id"] == cid and d["rule"] == "roaming_offer", count=3)
 
     # Consent withdrawn on the web holds for SMS: the next new country gets nothing.
     publish(
@@ -133,7 +142,7 @@ def test_s5_roaming_offer_consent_and_cooldown(
     assert given_consent_applied
     italy = attached("IT")
     publish(settings, italy)
-    decisions.wait_for(lambda d: d["customer_id"] == cid, count=4)
+    decisions.wait_for(lambda d: d["customer_id"] == cid and d["rule"] == "roaming_offer", count=4)
     assert decisions_of(decisions, cid) == [
         (fr["event_id"], "emitted", []),
         (es["event_id"], "emitted", []),
@@ -168,9 +177,11 @@ def test_duplicates_have_no_effect(
     publish(settings, fr, marker)  # the duplicate again, later, then something new
     decisions = readers[settings.decision_topic]
     decisions.wait_for(lambda d: d["source_event_id"] == marker["event_id"])
+    # The call (S4) decided once, whatever the duplicates.
+    assert len(decisions_of(decisions, cid, "long_distance_plan_offer")) == 1
     assert [d[0] for d in decisions_of(decisions, cid)] == [fr["event_id"], marker["event_id"]]
     offers = readers[settings.trigger_topic("sms")].wait_for(
-        lambda t: t["customer_id"] == cid, count=2
+        lambda t: t["customer_id"] == cid and t["type"] == "roaming_offer", count=2
     )
     assert [t["payload"]["country"] for t in offers] == ["FR", "ES"]
     wait_for(
@@ -201,6 +212,8 @@ def test_restart_keeps_state(
     fr = make_event(cid, "telco", "telco.network_attached", {"country": "FR"})
     publish(settings, back, fr)
     decisions = readers[settings.decision_topic]
-    [decision] = decisions.wait_for(lambda d: d["source_event_id"] == fr["event_id"])
+    [decision] = decisions.wait_for(
+        lambda d: d["source_event_id"] == fr["event_id"] and d["rule"] == "roaming_offer"
+    )
     assert decision["outcome"] == "suppressed" and decision["reasons"] == ["cooldown"]
     assert len([t for t in sms.poll(1.0) if t["customer_id"] == cid]) == 1

@@ -383,8 +383,8 @@ def test_trigger_payload_is_free_form_but_nothing_else_is() -> None:
     assert validate_record("trigger", trigger) == []
     assert validate_record("trigger", {**trigger, "note": "x"}) == [
         "note: unknown field — remove it; a trigger allows only: trigger_id, type, customer_id, "
-        "channel, created_at, expires_at, source_event_id, rule, reason, payload (a new field "
-        "needs a new schema version first)"
+        "channel, created_at, expires_at, source_event_id, rule, reason, payload, message_class, "
+        "ruleset, actions (a new field needs a new schema version first)"
     ]
     errors = validate_record("trigger", {**trigger, "trigger_id": "ABC"})
     assert [e.split(":")[0] for e in errors] == ["trigger_id"]

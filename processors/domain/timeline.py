@@ -1,0 +1,68 @@
+"""The customer's recent cross-channel history (S1 branch briefing, call center).
+
+Kept beside the compact customer record, not inside it (its own table and its
+own Redis key ``omni:timeline:<customer_id>``), newest first and capped, so the
+record the rules read stays small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from processors.domain.model import Event, format_time
+
+Entry = dict[str, Any]
+
+
+def _profile(p: dict[str, Any]) -> str:
+    return "profile updated: " + ", ".join(sorted(p)) if p else "profile updated"
+
+
+_SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "profile.updated": _profile,
+    "consent.updated": lambda p: (
+        f"{'granted' if p['granted'] else 'withdrew'} {p['purpose']} consent for {p['channel']}"
+    ),
+    "offer.accepted": lambda p: f"accepted {p['offer_type']} offer {p['offer_id']}"
+    + (f" (limit {p['limit']} {p.get('currency') or ''})".rstrip() if "limit" in p else ""),
+    "offer.declined": lambda p: f"declined {p['offer_type']} offer",
+    "telco.network_attached": lambda p: f"phone attached to a network in {p['country']}",
+    "telco.call_started": lambda p: f"{p['call_type'].replace('_', ' ')} call to "
+    f"{p['destination_country']}",
+    "atm.withdrawal": lambda p: f"withdrew {p['amount']} {p['currency']} at ATM {p['atm_id']} "
+    f"({p['location_type']}, {p['country']})",
+    "branch.visit": lambda p: f"visited branch {p['branch_id']}",
+    "campaign.requested": lambda p: f"campaign {p['campaign_id']} ({p['offer_type']}) requested",
+}
+
+
+def summarize(event: Event) -> str:
+    """One line a branch advisor or call-center agent can read."""
+    summary = _SUMMARIES.get(event.type)
+    try:
+        return summary(event.payload) if summary else event.type
+    except (KeyError, TypeError, AttributeError):
+        return event.type
+
+
+def timeline_entry(event: Event) -> Entry:
+    return {
+        "at": format_time(event.occurred_at),
+        "channel": event.channel,
+        "type": event.type,
+        "summary": summarize(event),
+        "event_id": event.event_id,
+    }
+
+
+def add_to_timeline(timeline: list[Entry], events: Sequence[Event], cap: int) -> list[Entry]:
+    """Newest (by event time) first, at most ``cap`` entries; a replayed event is not re-added."""
+    known = {entry["event_id"] for entry in timeline}
+    fresh = [timeline_entry(e) for e in events if e.event_id not in known]
+    if not fresh:
+        return timeline
+    # RFC 3339 in UTC with fixed precision sorts as text; the sort is stable, so at
+    # equal times the later arrival stays first.
+    merged = sorted([*reversed(fresh), *timeline], key=lambda entry: entry["at"], reverse=True)
+    return merged[:cap]

@@ -42,7 +42,7 @@ demo: bootstrap ## bring the stack up, play stories S1 and S5, show triggers liv
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy processors producers schemas devstack
+	$(VENV)/bin/mypy processors producers schemas devstack bench
 
 test: bootstrap lint ## the whole suite: unit, schemas, deploy files, end-to-end on real Kafka+Redis
 	$(VENV)/bin/pytest -q

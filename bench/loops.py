@@ -32,12 +32,13 @@ from rocksdict import Options, Rdict
 
 from bench.kafkaio import loop_consumer, loop_producer, next_batch, send
 from bench.procstats import cpu_seconds, peak_rss_mb
+from processors.app import step_context
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.domain.model import CustomerState, Event, StepOutputs
-from processors.domain.policy import Policy
-from processors.domain.read_model import ReadModelWrite, project
+from processors.domain.read_model import ReadModelWrite, project, timeline_write
 from processors.domain.step import step
 from processors.projection import queue_writes
+from processors.rulebook import load_ruleset
 from processors.settings import Settings
 from schemas import EventValidator, Rejection
 
@@ -90,7 +91,7 @@ class HandWork:
         self.producer = producer
         self.changelog_topic = changelog_topic
         self.validator = EventValidator()
-        self.policy = Policy.from_settings(settings)
+        self.ctx = step_context(settings, load_ruleset(Path(settings.rules_dir)))
         self.channel_of = settings.touchpoint_topics
         # Raw mode: bytes in, bytes out, like Faust's rocksdict store.
         self.db = Rdict(str(state_dir), Options(raw_mode=True))
@@ -135,7 +136,10 @@ class HandWork:
         try:
             stored = self.db.get(key)
             state = None if stored is None else CustomerState.from_dict(orjson.loads(stored))
-            state, out = step(state, [event for _, event in items], self.policy, now)
+            timeline_key = b"\x00timeline:" + key
+            stored_timeline = self.db.get(timeline_key)
+            timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
+            state, out = step(state, [event for _, event in items], self.ctx, now, timeline)
         except Exception as exc:  # same isolation as the worker: one customer, not the loop
             for message, _ in items:
                 self._deadletter(
@@ -148,8 +152,16 @@ class HandWork:
             value = orjson.dumps(state)
             self.db[key] = value
             send(self.producer, self.changelog_topic, value, key)
+            if out.timeline is not None and out.timeline != timeline:
+                # The worker keeps timelines in a second table: the same work here.
+                encoded = orjson.dumps(out.timeline)
+                self.db[timeline_key] = encoded
+                send(self.producer, self.changelog_topic, encoded, timeline_key)
         self._send(key, out)
-        return project(state, now)
+        writes = project(state, now)
+        if out.timeline:
+            writes.append(timeline_write(state.customer_id, out.timeline))
+        return writes
 
     def _send(self, key: bytes, out: StepOutputs) -> None:
         settings = self.settings

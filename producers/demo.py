@@ -136,7 +136,10 @@ def main() -> int:
 
     def play() -> None:
         run_simulation(
-            settings, seconds=max(seconds - 20, 5) if seconds else 0, printer=view.story_log.append
+            settings,
+            seconds=max(seconds - 20, 5) if seconds else 0,
+            printer=view.story_log.append,
+            stop=stop,
         )
 
     simulator = threading.Thread(target=play, daemon=True)
@@ -151,6 +154,7 @@ def main() -> int:
         pass
     finally:
         stop.set()
+        simulator.join(15)  # its producer flushes and closes before the broker stops
         consumer.join(5)
         if started_stack:
             print("Stopping what the demo started…")

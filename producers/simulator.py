@@ -8,6 +8,7 @@ demo shows dead letters too.
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -310,12 +311,17 @@ def run_simulation(
     seconds: float = 0.0,
     story_pause: float = 1.5,
     printer: Any = print,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Play the stories, then background traffic until ``seconds`` pass (0 = forever)."""
+    """Play the stories, then background traffic until ``seconds`` pass (0 = forever)
+    or ``stop`` is set; the producer is flushed and closed either way."""
+    stop = stop or threading.Event()
     rng = random.Random(7)
     with TouchpointProducer(settings) as producer:
         for story in STORIES:
             for caption, event in story():
+                if stop.is_set():
+                    return
                 producer.publish(event)
                 producer.flush()
                 printer(f"{event['customer_id']}: {caption}")
@@ -327,6 +333,6 @@ def run_simulation(
         printer("a buggy backend sent 4 bad messages")
         started = time.monotonic()
         interval = 1.0 / rate if rate > 0 else 1.0
-        while seconds <= 0 or time.monotonic() - started < seconds:
+        while (seconds <= 0 or time.monotonic() - started < seconds) and not stop.is_set():
             producer.publish(background_event(rng, customers))
             time.sleep(interval)

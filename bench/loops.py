@@ -91,7 +91,9 @@ class HandWork:
         self.producer = producer
         self.changelog_topic = changelog_topic
         self.validator = EventValidator()
-        self.ctx = step_context(settings, load_ruleset(Path(settings.rules_dir)))
+        self.ctx = step_context(
+            settings, load_ruleset(Path(settings.rules_dir), settings.rule_delays())
+        )
         self.channel_of = settings.touchpoint_topics
         # Raw mode: bytes in, bytes out, like Faust's rocksdict store.
         self.db = Rdict(str(state_dir), Options(raw_mode=True))

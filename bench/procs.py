@@ -25,14 +25,7 @@ from processors.settings import Settings
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes ``Settings()`` in a child equal ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"OMNI_{name.upper()}"] = str(value)
-    return env
+    return settings.as_env(os.environ)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, str]:

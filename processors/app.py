@@ -87,12 +87,16 @@ def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
         ruleset=ruleset,
         action_key=settings.action_token_key.get_secret_value().encode(),
         timeline_length=settings.timeline_length,
+        lead_points=dict(settings.lead_points),
+        lead_threshold=settings.lead_threshold,
+        lead_window=settings.lead_window_days * DAY,
+        control_share=settings.control_group_share,
     )
 
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:
     """The worker's app. A bad rule file raises ``RuleFileError`` naming it: fix and restart."""
-    ruleset = load_ruleset(Path(settings.rules_dir))
+    ruleset = load_ruleset(Path(settings.rules_dir), settings.rule_delays())
     app = OmniApp(
         settings.app_id,
         broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
@@ -130,6 +134,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     timelines = app.Table(
         "timelines", partitions=settings.partitions, key_type=bytes, value_type=bytes
     )
+    # Offer performance per rule and channel, per partition (S11).
+    stats = app.Table("stats", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     writer = ReadModelWriter(
         settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
     )
@@ -140,6 +146,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         metrics=metrics,
         table=table,
         timelines=timelines,
+        stats=stats,
         trigger_topics=triggers,
         decisions=decisions,
         deadletters=deadletters,

@@ -33,7 +33,7 @@ from faust.types import EventT, TableT, TopicT
 from processors.batching import partition_context
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.domain.model import CustomerState, Event, StepOutputs, Trigger
-from processors.domain.read_model import ReadModelWrite, project, timeline_write
+from processors.domain.read_model import ReadModelWrite, project, stats_key, timeline_write
 from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
 from processors.metrics import Metrics
@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 
 #: The state record serializes its (always present) timer list like this when empty.
 _NO_TIMERS = b'"timers":[]'
+
+
+StatCounts = defaultdict[tuple[str, str], defaultdict[str, float]]
+
+
+def _count(counts: StatCounts, out: StepOutputs) -> None:
+    for rule, channel, counter, amount in out.stats:
+        counts[(rule, channel)][counter] += amount
 
 
 async def _nothing_to_ack() -> None:
@@ -80,6 +88,8 @@ class CustomerProcessor:
     metrics: Metrics
     table: TableT[bytes, bytes]
     timelines: TableT[bytes, bytes]
+    #: "<rule>|<channel>" -> counters, per partition (S11 offer performance).
+    stats: TableT[bytes, bytes]
     trigger_topics: dict[str, TopicT]
     decisions: TopicT
     deadletters: TopicT
@@ -96,14 +106,23 @@ class CustomerProcessor:
         writes: list[ReadModelWrite] = []
         for partition, customers in by_partition.items():
             due = self.due.get(partition)
+            counts: StatCounts = defaultdict(lambda: defaultdict(float))
             for key, customer_events in customers.items():
                 with partition_context(customer_events[-1]):
-                    writes.extend(self._process_customer(key, customer_events, now, due))
+                    writes.extend(self._process_customer(key, customer_events, now, due, counts))
+            if counts:
+                with partition_context(customer_events[-1]):
+                    writes.extend(self._add_stats(partition, counts))
         self.metrics.processed.inc(len(events))
         self.writer.submit(writes, ack)
 
     def _process_customer(
-        self, key: bytes, raw_events: list[EventT], now: float, due: DueIndex | None
+        self,
+        key: bytes,
+        raw_events: list[EventT],
+        now: float,
+        due: DueIndex | None,
+        counts: StatCounts,
     ) -> list[ReadModelWrite]:
         try:
             parsed = [
@@ -126,6 +145,7 @@ class CustomerProcessor:
             if due is not None:
                 due.update(key, next_due(state.timers))
         self._send(key, out)
+        _count(counts, out)
         # Duplicates re-project too: after a crash, replayed events are duplicates
         # and this is what makes the read model converge (whole values, idempotent).
         writes = project(state, now)
@@ -166,15 +186,23 @@ class CustomerProcessor:
             keys = index.pop_due(now)
             if not keys:
                 continue
+            counts: StatCounts = defaultdict(lambda: defaultdict(float))
             with _in_partition(topic, partition):
                 for key in keys:
-                    fired += self._fire_customer(key, index, now, writes)
+                    fired += self._fire_customer(key, index, now, writes, counts)
+                if counts:
+                    writes.extend(self._add_stats(partition, counts))
         if writes:
             self.writer.submit(writes, _nothing_to_ack)
         return fired
 
     def _fire_customer(
-        self, key: bytes, index: DueIndex, now: float, writes: list[ReadModelWrite]
+        self,
+        key: bytes,
+        index: DueIndex,
+        now: float,
+        writes: list[ReadModelWrite],
+        counts: StatCounts,
     ) -> int:
         try:
             state = self._load(key)
@@ -195,7 +223,32 @@ class CustomerProcessor:
             self.metrics.timer_lag.observe(max(0.0, lag))
         self.metrics.timers_fired.inc(len(lags))
         self._send(key, out)
+        _count(counts, out)
         return len(lags)
+
+    # --- offer performance (S11) ------------------------------------------------------------
+
+    def _add_stats(self, partition: int, counts: StatCounts) -> list[ReadModelWrite]:
+        """Add this batch's counts to the partition's totals (table) and project them.
+
+        Totals are whole values per partition, restored from the changelog, and only
+        new (non-duplicate) events add to them, so a replay does not count twice.
+        """
+        writes = []
+        for (rule, channel), increments in counts.items():
+            table_key = f"{rule}|{channel}".encode()
+            stored = self.stats.get(table_key)
+            totals: dict[str, float] = {} if stored is None else orjson.loads(stored)
+            for counter, amount in increments.items():
+                totals[counter] = totals.get(counter, 0.0) + amount
+                if counter == "accepted_value":
+                    self.metrics.offer_accepted_value(rule, channel).inc(amount)
+                else:
+                    self.metrics.offer_outcomes(rule, channel, counter).inc(amount)
+            value = orjson.dumps(totals)
+            self.stats[table_key] = value
+            writes.append(ReadModelWrite(stats_key(rule), value, field=f"{channel}|p{partition}"))
+        return writes
 
     # --- outputs --------------------------------------------------------------------------
 
@@ -222,6 +275,10 @@ class CustomerProcessor:
             metrics.dedup_early_evictions.inc(out.dedup_early_evictions)
         if out.timers_refused:
             metrics.timers_refused.inc(out.timers_refused)
+        if out.timers_cancelled:
+            metrics.timers_cancelled.inc(out.timers_cancelled)
+        if out.timers_dropped:
+            metrics.timers_dropped.inc(out.timers_dropped)
 
     def _latency_callback(self, trigger: Trigger) -> Callable[[Any], None]:
         histogram = self.metrics.trigger_latency(trigger.type)

@@ -143,12 +143,39 @@ class Metrics:
                 registry=r,
             )
         )
+        self.offer_outcomes = Bound(
+            Counter(
+                "omni_offer_outcomes",
+                "Offer performance by rule and channel: emitted, suppressed:<reason>, deferred, "
+                "released, accepted, declined, ignored, control_accepted",
+                ["rule", "channel", "outcome"],
+                registry=r,
+            )
+        )
+        self.offer_accepted_value = Bound(
+            Counter(
+                "omni_offer_accepted_value",
+                "Sum of the value of accepted offers, by rule and channel",
+                ["rule", "channel"],
+                registry=r,
+            )
+        )
         self.timers_fired = Counter(
             "omni_timers_fired", "Per-customer timers fired by the tick", registry=r
         )
         self.timers_refused = Counter(
             "omni_timers_refused",
             "Timers not scheduled because a customer's list was full",
+            registry=r,
+        )
+        self.timers_cancelled = Counter(
+            "omni_timers_cancelled",
+            "Rule timers cancelled by the event that made them moot",
+            registry=r,
+        )
+        self.timers_dropped = Counter(
+            "omni_timers_dropped",
+            "Rule timers dropped because a reload removed their rule",
             registry=r,
         )
         self.timer_lag = Histogram(

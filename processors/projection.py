@@ -40,7 +40,8 @@ class ReadModelWriter:
         )
         self._metrics = metrics
         self._retry_max = retry_max_seconds
-        self._pending: dict[str, ReadModelWrite] = {}
+        #: (key, hash field or None) -> the newest write of it.
+        self._pending: dict[tuple[str, str | None], ReadModelWrite] = {}
         self._on_written: list[OnWritten] = []
         self._oldest_pending: float | None = None
         self._wakeup = asyncio.Event()
@@ -49,7 +50,7 @@ class ReadModelWriter:
     def submit(self, writes: Iterable[ReadModelWrite], on_written: OnWritten) -> None:
         """Queue whole-value writes; ``on_written`` runs once they are in Redis."""
         for write in writes:
-            self._pending[write.key] = write
+            self._pending[(write.key, write.field)] = write
         self._on_written.append(on_written)
         if self._oldest_pending is None:
             self._oldest_pending = time.monotonic()
@@ -125,7 +126,11 @@ class ReadModelWriter:
 def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite]) -> None:
     """Add whole-value SETs (with their absolute expiry) to a sync or async pipeline."""
     for write in writes:
-        if write.expire_at is None:
+        if write.field is not None:
+            pipe.hset(write.key, write.field, write.value)
+        elif write.value is None:
+            pipe.delete(write.key)
+        elif write.expire_at is None:
             pipe.set(write.key, write.value)
         else:
             pipe.set(write.key, write.value, pxat=int(write.expire_at * 1000))

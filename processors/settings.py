@@ -7,6 +7,8 @@ directory. Secrets are ``SecretStr`` so printing the settings never shows them.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -123,6 +125,33 @@ class Settings(BaseSettings):
     release_spread_seconds: float = Field(
         600.0, ge=0, description="Deferred triggers are released over this many seconds"
     )
+    # --- Journeys (timers in rules, carts, coupons, leads, stats) ----------------
+    cart_abandon_after_seconds: float = Field(
+        86400.0, gt=0, description="An unordered cart gets its reminder this long after it changed"
+    )
+    coupon_reminder_before_seconds: float = Field(
+        86400.0, gt=0, description="An unredeemed coupon is reminded this long before it expires"
+    )
+    appointment_reminder_before_seconds: float = Field(
+        86400.0, gt=0, description="Appointment reminders go out this long before scheduled_at"
+    )
+    lead_points: dict[str, float] = Field(
+        default_factory=lambda: {
+            "page.viewed": 5.0,
+            "email.clicked": 10.0,
+            "cart.updated": 15.0,
+            "offer.accepted": 20.0,
+            "order.placed": 30.0,
+            "branch.visit": 10.0,
+            "appointment.booked": 10.0,
+        },
+        description="Lead-score points per event type (JSON), counted over lead_window_days",
+    )
+    lead_threshold: float = Field(50.0, gt=0, description="Score that makes a qualified lead")
+    lead_window_days: float = Field(30.0, gt=0)
+    control_group_share: float = Field(
+        0.0, ge=0, le=0.5, description="Share of customers held out of marketing (lift)"
+    )
     timer_tick_seconds: float = Field(
         0.5, gt=0, description="How often each worker fires due per-customer timers"
     )
@@ -181,3 +210,27 @@ class Settings(BaseSettings):
                 }
             )
         return config
+
+    def rule_delays(self) -> dict[str, float]:
+        """Named delays rules may use (``after: cart_abandon_after``, ``delays.<name>``)."""
+        return {
+            "cart_abandon_after": self.cart_abandon_after_seconds,
+            "coupon_reminder_before": self.coupon_reminder_before_seconds,
+            "appointment_reminder_before": self.appointment_reminder_before_seconds,
+            "lead_window": self.lead_window_days * 86400.0,
+        }
+
+    def as_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` without OMNI_* plus these settings, so ``Settings()`` in a child equals self.
+
+        Secrets are written in clear (a child process needs them); complex values as JSON.
+        """
+        env = {k: v for k, v in base.items() if not k.startswith("OMNI_")}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if hasattr(value, "get_secret_value"):
+                value = value.get_secret_value()
+            text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+            env[f"OMNI_{name.upper()}"] = text
+        return env

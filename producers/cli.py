@@ -85,6 +85,62 @@ def deadletters(
     console.print(f"{len(records)} dead letters shown")
 
 
+@app.command()
+def stats() -> None:
+    """Offer performance per rule and channel, live (S11): sent, suppressed, responses, lift."""
+    import redis
+
+    from producers.stats import rates, read_stats
+
+    settings = Settings()
+    totals = read_stats(redis.Redis.from_url(settings.redis_url.get_secret_value()))
+    if not totals:
+        typer.echo("No offer statistics yet: is the worker running and have rules matched?")
+        return
+    table = Table(title="Offer performance (omni:stats:*)")
+    for column in (
+        "rule",
+        "channel",
+        "emitted",
+        "suppressed",
+        "accepted",
+        "declined",
+        "ignored",
+        "value",
+        "conversion",
+        "control conv.",
+        "lift",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("rule", "channel", "suppressed") else "right"
+        )
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    for (rule, channel), counters in sorted(totals.items()):
+        suppressed = ", ".join(
+            f"{name.split(':', 1)[1]} {int(n)}"
+            for name, n in sorted(counters.items())
+            if name.startswith("suppressed:")
+        )
+        r = rates(counters)
+        table.add_row(
+            rule,
+            channel,
+            f"{int(counters.get('emitted', 0) + counters.get('released', 0))}",
+            suppressed or "-",
+            f"{int(counters.get('accepted', 0))}",
+            f"{int(counters.get('declined', 0))}",
+            f"{int(counters.get('ignored', 0))}",
+            f"{counters.get('accepted_value', 0):.2f}",
+            pct(r["conversion"]),
+            pct(r["control_conversion"]),
+            pct(r["lift"]),
+        )
+    Console().print(table)
+
+
 @redis_app.command("rebuild")
 def redis_rebuild() -> None:
     """Rewrite the read model in Redis from the customer state changelog."""

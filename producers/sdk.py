@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
+from processors.domain.read_model import coupon_claim_key
 from processors.settings import Settings
 from schemas import EventValidator, Rejection
 
@@ -156,3 +157,32 @@ def _peek(value: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return record if isinstance(record, dict) else {}
+
+
+class CouponClaims:
+    """The till's side of S7: claim a coupon atomically before handing over the goods.
+
+    A till cannot wait for the stream, so the first ``claim`` of a coupon on any
+    channel wins at once (Redis ``SET NX`` on ``omni:coupon:<id>:claim``, expiring
+    with the coupon) and every later claim is refused. Then publish
+    ``coupon.redeemed``; the pipeline reconciles (a second redemption that slipped
+    through yields ``coupon_redemption_refused`` and the first one stands).
+    """
+
+    def __init__(self, redis_client: Any) -> None:
+        self._redis = redis_client
+
+    def claim(self, coupon_id: str, channel: str, valid_seconds: float) -> bool:
+        """True for the first claim of ``coupon_id``; False when it was already claimed."""
+        return bool(
+            self._redis.set(
+                coupon_claim_key(coupon_id),
+                channel,
+                nx=True,
+                ex=max(1, int(valid_seconds)),
+            )
+        )
+
+    def claimed_by(self, coupon_id: str) -> str | None:
+        value = self._redis.get(coupon_claim_key(coupon_id))
+        return None if value is None else value.decode()

@@ -135,6 +135,16 @@ EVENT_TYPES: dict[str, EventType] = {
     "branch.visit": EventType("branch_visit", ("branch",)),
     "campaign.requested": EventType("campaign_requested", ("crm",)),
     "offer.declined": EventType("offer_declined", None),
+    "cart.updated": EventType("cart_updated", ("mobile", "web")),
+    "order.placed": EventType("order_placed", None),
+    "coupon.issued": EventType("coupon_issued", ("tv", "sms")),
+    "coupon.redeemed": EventType("coupon_redeemed", ("pos", "web", "mobile")),
+    "page.viewed": EventType("page_viewed", ("web", "mobile")),
+    "email.clicked": EventType("email_clicked", ("email",)),
+    "hotel.checked_in": EventType("hotel_checked_in", ("hotel",)),
+    "appointment.booked": EventType("appointment_booked", ("mobile", "web")),
+    "kiosk.checked_in": EventType("kiosk_checked_in", ("kiosk",)),
+    "diagnosis.ready": EventType("diagnosis_ready", ("crm",)),
 }
 
 KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(EVENT_TYPES)

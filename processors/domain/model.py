@@ -97,6 +97,18 @@ class CustomerState:
     #: Messaging channel (sms, email, push) -> responses seen from it, to learn the
     #: preferred channel when the profile does not set one.
     response_channels: dict[str, int] = field(default_factory=dict)
+    #: The current cart (S8): {cart_id, items, currency, updated_at}; None when empty or ordered.
+    cart: dict[str, Any] | None = None
+    #: When the last cart was emptied or ordered (its Redis key is then deleted).
+    cart_closed_at: float | None = None
+    #: coupon_id -> {value, currency, expires_at, status, issued_channel, redeemed_at,
+    #: redeemed_channel} (S7). A coupon belongs to one customer, so it lives here.
+    coupons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: appointment_id -> {department, scheduled_at, status} (S13).
+    appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Lead-scoring interactions of the window: [epoch, event type, points] (S10).
+    lead: list[list[Any]] = field(default_factory=list)
+    # The funnel stage is a trait (``traits.funnel_stage``), so the profile shows it.
 
     @classmethod
     def new(cls, customer_id: str) -> CustomerState:
@@ -200,5 +212,12 @@ class StepOutputs:
     rule_errors: list[tuple[str, str]] = field(default_factory=list)
     #: Timers refused because the customer's timer list was full.
     timers_refused: int = 0
+    #: Rule timers cancelled by an event, and dropped because their rule was removed.
+    timers_cancelled: int = 0
+    timers_dropped: int = 0
+    #: Offer performance increments (S11): (rule, channel, counter, amount); counters are
+    #: emitted, suppressed:<reason>, deferred, accepted, declined, ignored, accepted_value,
+    #: control_accepted.
+    stats: list[tuple[str, str, str, float]] = field(default_factory=list)
     #: The customer's timeline after the batch, when one was given to ``step``.
     timeline: list[dict[str, Any]] | None = None

@@ -24,6 +24,32 @@ def entitlement_key(customer_id: str, kind: str) -> str:
     return f"{KEY_PREFIX}:entitlement:{customer_id}:{kind}"
 
 
+def cart_key(customer_id: str) -> str:
+    return f"{KEY_PREFIX}:cart:{customer_id}"
+
+
+def coupon_key(coupon_id: str) -> str:
+    return f"{KEY_PREFIX}:coupon:{coupon_id}"
+
+
+def coupon_claim_key(coupon_id: str) -> str:
+    """Channels claim a coupon here (SET NX) before handing over the goods; never projected."""
+    return f"{KEY_PREFIX}:coupon:{coupon_id}:claim"
+
+
+#: After a cart is closed its key is deleted on every projection for this long (replays
+#: converge), then left alone.
+CART_DELETE_SECONDS = 86400.0
+
+#: Coupon records stay readable this long after the coupon expired.
+COUPON_KEEP_SECONDS = 30 * 86400.0
+
+
+def stats_key(rule: str) -> str:
+    """``omni:stats:<rule>``: a hash, one field per channel and partition (whole values)."""
+    return f"{KEY_PREFIX}:stats:{rule}"
+
+
 def timeline_key(customer_id: str) -> str:
     return f"{KEY_PREFIX}:timeline:{customer_id}"
 
@@ -31,9 +57,12 @@ def timeline_key(customer_id: str) -> str:
 @dataclass(slots=True, frozen=True)
 class ReadModelWrite:
     key: str
-    value: bytes
+    #: The whole value; None deletes the key (an emptied cart).
+    value: bytes | None
     #: Epoch seconds at which Redis should drop the key (None = keep).
     expire_at: float | None = None
+    #: Set: the value goes to this field of a hash at ``key`` (HSET) instead.
+    field: str | None = None
 
 
 def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
@@ -59,6 +88,35 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
                     expire_at=entitlement["expires_at"],
                 )
             )
+    cart = state.cart
+    if cart is not None:
+        value = orjson.dumps({**cart, "updated_at": format_time(cart["updated_at"])})
+        writes.append(ReadModelWrite(cart_key(state.customer_id), value))
+    elif state.cart_closed_at is not None and now - state.cart_closed_at < CART_DELETE_SECONDS:
+        writes.append(ReadModelWrite(cart_key(state.customer_id), None))
+    for coupon_id, coupon in state.coupons.items():
+        status = coupon["status"]
+        if status == "issued" and coupon["expires_at"] <= now:
+            status = "expired"
+        record = {
+            "coupon_id": coupon_id,
+            "customer_id": state.customer_id,
+            "status": status,
+            "value": coupon["value"],
+            "currency": coupon["currency"],
+            "expires_at": format_time(coupon["expires_at"]),
+            "redeemed_at": None
+            if coupon["redeemed_at"] is None
+            else format_time(coupon["redeemed_at"]),
+            "redeemed_channel": coupon["redeemed_channel"],
+        }
+        writes.append(
+            ReadModelWrite(
+                coupon_key(coupon_id),
+                orjson.dumps(record),
+                expire_at=coupon["expires_at"] + COUPON_KEEP_SECONDS,
+            )
+        )
     return writes
 
 

@@ -10,8 +10,8 @@ for timers that came due (deferred triggers, "ignored" checks).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from processors.domain import contact as cp
@@ -30,6 +30,7 @@ from processors.domain.model import (
     StepOutputs,
     Trigger,
     format_time,
+    parse_time,
 )
 from processors.domain.policy import DAY, EXPIRED, STALE, Policy, has_marketing_consent, is_stale
 from processors.domain.timeline import add_to_timeline
@@ -50,6 +51,12 @@ class StepContext:
     ruleset: RuleSet
     action_key: bytes
     timeline_length: int = 20
+    #: Lead scoring (S10): points per event type, the qualified-lead threshold, the window.
+    lead_points: Mapping[str, float] = field(default_factory=dict)
+    lead_threshold: float = 50.0
+    lead_window: float = 30 * DAY
+    #: Share of customers held out of marketing (deterministic by customer id).
+    control_share: float = 0.0
 
 
 def step(
@@ -76,19 +83,25 @@ def step(
             out.duplicates += 1
             continue
         out.changed = True
-        _note_response(state, contact, event, ctx)
+        _note_response(state, contact, event, ctx, out)
         if ctx.ruleset.listens_to(event.type):
-            evaluation = ctx.ruleset.evaluate(
-                event_context(event), state_context(state, out.timeline), now
-            )
+            event_ctx = event_context(event, ctx)
+            state_ctx = state_context(state, out.timeline, ctx, event.occurred_at)
+            _cancel_rule_timers(state, event_ctx, state_ctx, ctx, now, out)
+            evaluation = ctx.ruleset.evaluate(event_ctx, state_ctx, now)
             out.rule_errors.extend(evaluation.errors)
             _decide(state, contact, event, evaluation.matches, ctx, now, out)
         apply_event(state, event, ctx.policy)
+        _note_journey(state, event, ctx)
         if out.timeline is not None:
             out.timeline = add_to_timeline(out.timeline, [event], ctx.timeline_length)
     cp.prune(contact, now, ctx.contact)
     state.contact = contact.to_dict()
     prune_expired(state, now)
+    # Held-out offers and any offer left unwatched are forgotten a day after expiry.
+    for offer_id, offer in list(state.offers.items()):
+        if offer.get("expires_at") is not None and offer["expires_at"] < now - DAY:
+            del state.offers[offer_id]
     return state, out
 
 
@@ -103,9 +116,14 @@ def fire_timers(state: CustomerState, ctx: StepContext, now: float) -> StepOutpu
     for timer in due:
         if timer.kind == tm.DEFERRED_TRIGGER:
             _release(state, contact, timer, ctx, now, out)
+        elif timer.kind == tm.RULE_TIMER:
+            _fire_rule_timer(state, contact, timer, ctx, now, out)
         elif timer.kind == tm.IGNORED_CHECK:
             offer = state.offers.pop(timer.data["trigger_id"], None)
+            if offer is not None and offer.get("control"):
+                continue  # a held-out customer: nothing was sent, nothing to ignore
             if offer is not None:  # no response before it expired: ignored
+                out.stats.append((offer["rule"], offer["channel"], "ignored", 1.0))
                 cp.record_response(
                     contact, offer["offer_type"], cp.IGNORED, timer.due_at, ctx.contact
                 )
@@ -116,7 +134,7 @@ def fire_timers(state: CustomerState, ctx: StepContext, now: float) -> StepOutpu
 # --- contexts the rules see ------------------------------------------------------------------
 
 
-def event_context(event: Event) -> dict[str, Any]:
+def event_context(event: Event, ctx: StepContext | None = None) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "type": event.type,
@@ -124,14 +142,25 @@ def event_context(event: Event) -> dict[str, Any]:
         "customer_id": event.customer_id,
         "occurred_at": event.occurred_at,
         "payload": event.payload,
+        "points": float(ctx.lead_points.get(event.type, 0.0)) if ctx else 0.0,
     }
 
 
 def state_context(
-    state: CustomerState, timeline: list[dict[str, Any]] | None = None
+    state: CustomerState,
+    timeline: list[dict[str, Any]] | None = None,
+    ctx: StepContext | None = None,
+    at: float = 0.0,
 ) -> dict[str, Any]:
-    """The customer as rules see it (before the current event)."""
+    """The customer as rules see it (before the current event at ``at``)."""
+    window = ctx.lead_window if ctx else 30 * DAY
     return {
+        "cart": state.cart,
+        "coupons": state.coupons,
+        "appointments": state.appointments,
+        "lead_score": lead_score(state, at, window),
+        "lead_threshold": ctx.lead_threshold if ctx else 50.0,
+        "lead_interactions": [entry[1] for entry in state.lead if entry[0] > at - window],
         "customer_id": state.customer_id,
         "traits": state.traits,
         "products": state.products,
@@ -167,6 +196,9 @@ def _decide(
 ) -> None:
     candidates: list[tuple[Match, cp.Candidate]] = []
     for match in matches:
+        if match.due_at is not None:
+            _schedule_rule_timer(state, event, match, out)
+            continue
         channel = _channel(state, match)
         tid = trigger_id(match.rule.id, event.customer_id, event.event_id)
         if match.message_class != MARKETING:
@@ -210,6 +242,13 @@ def _decide(
         ctx.contact,
     )
     for (match, candidate), verdict in zip(candidates, verdicts, strict=True):
+        if verdict.outcome in (EMITTED, DEFERRED) and in_control_group(
+            event.customer_id, match.rule.id, ctx.control_share
+        ):
+            _hold_out(state, match, candidate)
+            verdict = cp.Verdict(
+                candidate.rule_id, candidate.trigger_id, SUPPRESSED, (CONTROL_GROUP,)
+            )
         if verdict.outcome == EMITTED:
             cp.record_sent(contact, candidate.offer_type, event.occurred_at, ctx.contact)
         elif verdict.outcome == DEFERRED:
@@ -227,6 +266,29 @@ def _decide(
             outcome=verdict.outcome,
             release_at=verdict.release_at,
         )
+
+
+CONTROL_GROUP = "control_group"
+
+
+def in_control_group(customer_id: str, rule_id: str, share: float) -> bool:
+    """Deterministic hold-out: the same customers, for a rule, whatever the order of events."""
+    if share <= 0:
+        return False
+    bucket = int(_hex_id("control", rule_id, customer_id)[:8], 16) / 0xFFFFFFFF
+    return bucket < share
+
+
+def _hold_out(state: CustomerState, match: Match, candidate: cp.Candidate) -> None:
+    """Remember what the held-out customer would have got, to see whether she converts anyway."""
+    state.offers[candidate.trigger_id] = {
+        "offer_type": match.rule.trigger_type,
+        "rule": match.rule.id,
+        "channel": candidate.channel,
+        "expires_at": match.expires_at,
+        "value": match.value,
+        "control": True,
+    }
 
 
 def _channel(state: CustomerState, match: Match) -> str:
@@ -251,6 +313,8 @@ def _record(
     """Log the decision; emit the trigger when it goes now."""
     outcome = outcome or (SUPPRESSED if reasons else EMITTED)
     rule = match.rule
+    counter = f"suppressed:{reasons[0]}" if outcome == SUPPRESSED and reasons else outcome
+    out.stats.append((rule.id, channel, counter, 1.0))
     out.decisions.append(
         Decision(
             decision_id=decision_id(rule.id, event.customer_id, event.event_id),
@@ -295,6 +359,7 @@ def _record(
         ),
         ctx,
         out,
+        match.value,
     )
 
 
@@ -320,7 +385,13 @@ def _entitlements_view(state: CustomerState, at: float) -> list[dict[str, Any]]:
     ]
 
 
-def _emit(state: CustomerState, trigger: Trigger, ctx: StepContext, out: StepOutputs) -> None:
+def _emit(
+    state: CustomerState,
+    trigger: Trigger,
+    ctx: StepContext,
+    out: StepOutputs,
+    value: float = 0.0,
+) -> None:
     """Send a trigger; a marketing one gets one-tap actions and a response watch."""
     if trigger.message_class == MARKETING:
         expires_at = trigger.expires_at if trigger.expires_at is not None else trigger.created_at
@@ -333,6 +404,7 @@ def _emit(state: CustomerState, trigger: Trigger, ctx: StepContext, out: StepOut
             "rule": trigger.rule,
             "channel": trigger.channel,
             "expires_at": trigger.expires_at,
+            "value": value,
         }
         if trigger.expires_at is not None:
             watch = tm.Timer.new(
@@ -437,11 +509,124 @@ def _release(
     )
 
 
+# --- timer rules ------------------------------------------------------------------------------
+
+
+def _rule_timer_id(rule_id: str, customer_id: str, key: str) -> str:
+    return tm.timer_id(tm.RULE_TIMER, customer_id, f"{rule_id}|{key}")
+
+
+def _schedule_rule_timer(
+    state: CustomerState, event: Event, match: Match, out: StepOutputs
+) -> None:
+    """Start (or restart: same rule and key) the rule's timer; it decides when it fires."""
+    assert match.due_at is not None
+    timer = tm.Timer(
+        _rule_timer_id(match.rule.id, event.customer_id, match.timer_key),
+        tm.RULE_TIMER,
+        match.due_at,
+        {
+            "rule": match.rule.id,
+            "key": match.timer_key,
+            "source": {"event_id": event.event_id, "type": event.type, "channel": event.channel},
+            "match": {
+                "eligible": match.eligible,
+                "channel": match.channel,
+                "fallback_channel": match.fallback_channel,
+                "message_class": match.message_class,
+                "priority": match.priority,
+                "value": match.value,
+                "cooldown_seconds": match.cooldown_seconds,
+                "cooldown_key": match.cooldown_key,
+                "expires_at": match.expires_at,
+                "reason": match.reason,
+                "payload": match.payload,
+            },
+        },
+    )
+    tm.cancel(state.timers, timer.timer_id)
+    if not tm.schedule(state.timers, timer):
+        out.timers_refused += 1
+
+
+def _cancel_rule_timers(
+    state: CustomerState,
+    event_ctx: dict[str, Any],
+    state_ctx: dict[str, Any],
+    ctx: StepContext,
+    now: float,
+    out: StepOutputs,
+) -> None:
+    """The event that makes a pending timer moot cancels it ("unless Y within D")."""
+    rules = ctx.ruleset.cancellers.get(event_ctx["type"])
+    if not rules or not state.timers:
+        return
+    by_id = {rule.id: rule for rule in rules}
+    for entry in list(state.timers):
+        if entry["kind"] != tm.RULE_TIMER or entry["data"]["rule"] not in by_id:
+            continue
+        data = entry["data"]
+        timer_view = {
+            "key": data["key"],
+            "payload": data["match"]["payload"],
+            "due_at": entry["due_at"],
+        }
+        rule = by_id[data["rule"]]
+        if ctx.ruleset.cancels(rule, event_ctx, state_ctx, timer_view, now):
+            tm.cancel(state.timers, entry["timer_id"])
+            out.timers_cancelled += 1
+
+
+def _fire_rule_timer(
+    state: CustomerState,
+    contact: cp.ContactState,
+    timer: tm.Timer,
+    ctx: StepContext,
+    now: float,
+    out: StepOutputs,
+) -> None:
+    """Nothing cancelled it: decide its trigger now, as of its due time."""
+    rule = ctx.ruleset.rule(timer.data["rule"])
+    if rule is None:  # the rule was removed by a reload: its timers die with it
+        out.timers_dropped += 1
+        return
+    source = timer.data["source"]
+    event = Event(
+        event_id=source["event_id"],
+        type=source["type"],
+        channel=source["channel"],
+        customer_id=state.customer_id,
+        occurred_at=timer.due_at,
+        payload={},
+        produced_at=timer.due_at,
+    )
+    match = Match(rule=rule, **timer.data["match"])
+    _decide(state, contact, event, [match], ctx, now, out)
+
+
 # --- responses and state ---------------------------------------------------------------------
 
 
+def _note_control_conversion(state: CustomerState, event: Event, out: StepOutputs) -> None:
+    """A held-out customer took this kind of offer anyway: the baseline for lift (S11)."""
+    for held_id, offer in list(state.offers.items()):
+        expires = offer.get("expires_at")
+        if (
+            offer.get("control")
+            and offer["offer_type"] == event.payload.get("offer_type")
+            and (expires is None or event.occurred_at <= expires)
+        ):
+            out.stats.append((offer["rule"], offer["channel"], "control_accepted", 1.0))
+            del state.offers[held_id]
+            return
+
+
 def _note_response(
-    state: CustomerState, contact: cp.ContactState, event: Event, ctx: StepContext
+    state: CustomerState,
+    contact: cp.ContactState,
+    event: Event,
+    ctx: StepContext,
+    out: StepOutputs,
 ) -> None:
     """An accepted or declined offer: response history, pause, learned channel."""
     if event.type not in ("offer.accepted", "offer.declined"):
@@ -452,6 +637,15 @@ def _note_response(
         tm.cancel(
             state.timers, tm.timer_id(tm.IGNORED_CHECK, event.customer_id, payload["trigger_id"])
         )
+        if event.type == "offer.accepted":
+            out.stats.append((offer["rule"], offer["channel"], "accepted", 1.0))
+            out.stats.append(
+                (offer["rule"], offer["channel"], "accepted_value", float(offer.get("value", 0)))
+            )
+        else:
+            out.stats.append((offer["rule"], offer["channel"], "declined", 1.0))
+    elif event.type == "offer.accepted":
+        _note_control_conversion(state, event, out)
     offer_type = offer["offer_type"] if offer else payload["offer_type"]
     if event.type == "offer.declined":
         cp.record_response(contact, offer_type, cp.DECLINED, event.occurred_at, ctx.contact)
@@ -513,10 +707,120 @@ def apply_event(state: CustomerState, event: Event, policy: Policy) -> None:
             state.entitlements["overdraft"] = grant
     elif kind == "atm.withdrawal":
         _note_airport_withdrawal(state, event)
+    elif kind in ("cart.updated", "order.placed"):
+        _apply_cart(state, event)
+    elif kind in ("coupon.issued", "coupon.redeemed"):
+        _apply_coupon(state, event)
+    elif kind in ("appointment.booked", "kiosk.checked_in", "diagnosis.ready"):
+        _apply_appointment(state, event)
     previous = state.last_seen.get(event.channel)
     if previous is None or event.occurred_at > previous:
         state.last_seen[event.channel] = event.occurred_at
     state.updated_at = max(state.updated_at or 0.0, event.occurred_at)
+
+
+def lead_score(state: CustomerState, at: float, window: float) -> float:
+    """Points of the interactions within ``window`` before ``at`` (S10)."""
+    return float(sum(entry[2] for entry in state.lead if at - window < entry[0] <= at))
+
+
+#: The furthest stage an event type proves (S10): awareness < engagement < conversion < loyalty.
+FUNNEL = ("awareness", "engagement", "conversion", "loyalty")
+_ENGAGING = {
+    "page.viewed",
+    "email.clicked",
+    "cart.updated",
+    "campaign.requested",
+    "branch.visit",
+    "appointment.booked",
+    "offer.declined",
+}
+_CONVERTING = {"order.placed", "offer.accepted", "coupon.redeemed"}
+
+
+def _note_journey(state: CustomerState, event: Event, ctx: StepContext) -> None:
+    """Lead score and funnel stage: derived from events, kept in the record and profile."""
+    points = float(ctx.lead_points.get(event.type, 0.0))
+    if points:
+        horizon = event.occurred_at - ctx.lead_window
+        state.lead = [e for e in state.lead if e[0] > horizon]
+        state.lead.append([event.occurred_at, event.type, points])
+        state.lead.sort(key=lambda e: e[0])
+        del state.lead[:-200]  # bounded: the window's newest interactions
+    stage = "awareness"
+    if event.type in _ENGAGING:
+        stage = "engagement"
+    if event.type in _CONVERTING:
+        conversions = state.traits.get("conversions", 0) + 1
+        state.traits["conversions"] = conversions
+        stage = "loyalty" if conversions >= 3 else "conversion"
+    current = state.traits.get("funnel_stage")
+    if current not in FUNNEL or FUNNEL.index(stage) > FUNNEL.index(current):
+        state.traits["funnel_stage"] = stage
+
+
+def _apply_cart(state: CustomerState, event: Event) -> None:
+    payload = event.payload
+    if event.type == "cart.updated":
+        if not payload["items"]:
+            state.cart = None
+            state.cart_closed_at = event.occurred_at
+        elif state.cart is None or event.occurred_at >= state.cart["updated_at"]:
+            state.cart = {
+                "cart_id": payload["cart_id"],
+                "items": payload["items"],
+                "currency": payload["currency"],
+                "updated_at": event.occurred_at,
+            }
+    elif event.type == "order.placed" and state.cart is not None:
+        cart_id = payload.get("cart_id")
+        if cart_id is None or cart_id == state.cart["cart_id"]:
+            state.cart = None
+            state.cart_closed_at = event.occurred_at
+
+
+def _apply_coupon(state: CustomerState, event: Event) -> None:
+    payload = event.payload
+    coupon = state.coupons.get(payload["coupon_id"])
+    if event.type == "coupon.issued" and coupon is None:
+        state.coupons[payload["coupon_id"]] = {
+            "value": payload["value"],
+            "currency": payload["currency"],
+            "expires_at": event.occurred_at + payload["valid_hours"] * 3600.0,
+            "status": "issued",
+            "issued_channel": event.channel,
+            "redeemed_at": None,
+            "redeemed_channel": None,
+        }
+    elif event.type == "coupon.redeemed" and coupon is not None and coupon["status"] == "issued":
+        # The first redemption stands; a later one is refused by a rule, never applied.
+        coupon.update(
+            status="redeemed", redeemed_at=event.occurred_at, redeemed_channel=event.channel
+        )
+
+
+def _apply_appointment(state: CustomerState, event: Event) -> None:
+    payload = event.payload
+    if event.type == "appointment.booked":
+        state.appointments[payload["appointment_id"]] = {
+            "department": payload["department"],
+            "scheduled_at": parse_time(payload["scheduled_at"]),
+            "status": "booked",
+        }
+    elif event.type == "kiosk.checked_in":
+        appointment = state.appointments.get(payload["appointment_id"])
+        if appointment is not None:
+            appointment["status"] = "checked_in"
+    elif event.type == "diagnosis.ready":
+        appointment = state.appointments.get(payload["appointment_id"])
+        if appointment is not None:
+            appointment.update(status="diagnosed", report_id=payload["report_id"])
+    # Bounded: the 20 most recent appointments.
+    if len(state.appointments) > 20:
+        for key in sorted(state.appointments, key=lambda k: state.appointments[k]["scheduled_at"])[
+            :-20
+        ]:
+            del state.appointments[key]
 
 
 def _note_airport_withdrawal(state: CustomerState, event: Event) -> None:

@@ -41,6 +41,8 @@ MAX_TIMERS = 64
 # Timer kinds.
 DEFERRED_TRIGGER = "deferred_trigger"
 IGNORED_CHECK = "ignored_check"
+#: A timer rule's pending trigger ("when X, unless Y within D, then Z").
+RULE_TIMER = "rule_timer"
 
 
 def timer_id(kind: str, customer_id: str, source_key: str) -> str:

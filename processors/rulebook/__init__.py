@@ -16,6 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,15 @@ _VALIDATOR = Draft202012Validator(orjson.loads(SCHEMA_PATH.read_bytes()))
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 PREFERRED = "preferred"
+
+
+def epoch(timestamp: str) -> float:
+    """CEL ``epoch("2026-01-20T10:30:00+01:00")``: RFC 3339 to epoch seconds (double)."""
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+#: Functions rules may call besides CEL's standard library.
+FUNCTIONS: dict[str, Any] = {"epoch": epoch}
 
 
 class _RuleLoader(yaml.SafeLoader):
@@ -88,6 +98,18 @@ class CompiledRule:
     expires_at: Expression | None
     reason: Expression
     payload: tuple[tuple[str, Expression], ...]
+    #: Timer rules ("when X, unless Y within D, then Z"): fire ``after`` seconds after
+    #: the event, or ``at`` (CEL), unless an event of ``cancel_on`` makes
+    #: ``cancel_when`` (CEL over event, state and ``timer``) true first.
+    after: float | None = None
+    at: Expression | None = None
+    timer_key: Expression | None = None
+    cancel_on: frozenset[str] = frozenset()
+    cancel_when: Expression | None = None
+
+    @property
+    def delayed(self) -> bool:
+        return self.after is not None or self.at is not None
 
 
 @dataclass(slots=True, frozen=True)
@@ -107,6 +129,9 @@ class Match:
     expires_at: float | None
     reason: str
     payload: dict[str, Any]
+    #: For timer rules: when to fire, and the key that tells this rule's timers apart.
+    due_at: float | None = None
+    timer_key: str = ""
 
 
 @dataclass(slots=True)
@@ -123,17 +148,24 @@ class RuleSet:
     rules: tuple[CompiledRule, ...]
     ruleset_id: str
     by_type: Mapping[str, tuple[CompiledRule, ...]]
+    #: event type -> timer rules whose timers that event may cancel.
+    cancellers: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+    #: Named delays (settings) available to rules as ``after: <name>`` and ``delays.<name>``.
+    delays: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_documents(cls, documents: Iterable[tuple[str, Any]]) -> RuleSet:
+    def from_documents(
+        cls, documents: Iterable[tuple[str, Any]], delays: Mapping[str, float] | None = None
+    ) -> RuleSet:
         """Build from (source name, parsed YAML document) pairs; raises RuleFileError."""
+        delays = dict(delays or {})
         compiled: list[CompiledRule] = []
         canonical: list[Any] = []
         seen: dict[str, str] = {}
         for source, document in documents:
             _check_schema(source, document)
             for raw in document["rules"]:
-                rule = _compile(source, raw)
+                rule = _compile(source, raw, delays)
                 if rule.id in seen:
                     raise RuleFileError(
                         f"{source}: rule {rule.id!r}: field 'id': already defined in "
@@ -147,21 +179,62 @@ class RuleSet:
             orjson.dumps(sorted(canonical, key=lambda r: r["id"]), option=orjson.OPT_SORT_KEYS)
         ).hexdigest()[:12]
         by_type: dict[str, list[CompiledRule]] = {}
+        cancellers: dict[str, list[CompiledRule]] = {}
         for rule in compiled:
             for event_type in sorted(rule.on):
                 by_type.setdefault(event_type, []).append(rule)
-        return cls(tuple(compiled), digest, {t: tuple(rs) for t, rs in by_type.items()})
+            for event_type in sorted(rule.cancel_on):
+                cancellers.setdefault(event_type, []).append(rule)
+        return cls(
+            tuple(compiled),
+            digest,
+            {t: tuple(rs) for t, rs in by_type.items()},
+            {t: tuple(rs) for t, rs in cancellers.items()},
+            delays,
+        )
 
     def listens_to(self, event_type: str) -> bool:
-        return event_type in self.by_type
+        return event_type in self.by_type or event_type in self.cancellers
+
+    def rule(self, rule_id: str) -> CompiledRule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+    def context(self, event: dict[str, Any], state: dict[str, Any], now: float) -> Any:
+        """The CEL context of one event (built once, shared by every expression)."""
+        return cel.Context(
+            variables={"event": event, "state": state, "now": now, "delays": dict(self.delays)},
+            functions=FUNCTIONS,
+        )
+
+    def cancels(
+        self,
+        rule: CompiledRule,
+        event: dict[str, Any],
+        state: dict[str, Any],
+        timer: dict[str, Any],
+        now: float,
+    ) -> bool:
+        """Does this event cancel this timer of ``rule``? (A failing expression: no.)"""
+        if rule.cancel_when is None:
+            return True
+        variables = {
+            "event": event,
+            "state": state,
+            "now": now,
+            "delays": dict(self.delays),
+            "timer": timer,
+        }
+        try:
+            return rule.cancel_when(cel.Context(variables=variables, functions=FUNCTIONS)) is True
+        except Exception:
+            return False
 
     def evaluate(self, event: dict[str, Any], state: dict[str, Any], now: float) -> Evaluation:
         result = Evaluation()
         rules = self.by_type.get(event["type"])
         if not rules:
             return result
-        # Converted to CEL values once per event, shared by every expression.
-        context = cel.Context(variables={"event": event, "state": state, "now": now})
+        context = self.context(event, state, now)
         for rule in rules:
             try:
                 match = _evaluate(rule, context, event)
@@ -173,7 +246,7 @@ class RuleSet:
         return result
 
 
-def load_ruleset(directory: Path) -> RuleSet:
+def load_ruleset(directory: Path, delays: Mapping[str, float] | None = None) -> RuleSet:
     """Every ``*.yaml`` file in ``directory`` (sorted by name); raises RuleFileError."""
     if not directory.is_dir():
         raise RuleFileError(
@@ -187,13 +260,13 @@ def load_ruleset(directory: Path) -> RuleSet:
             raise RuleFileError(f"{path}: not valid YAML ({exc}) — fix the file's syntax") from None
     if not documents:
         raise RuleFileError(f"{directory}: no *.yaml rule files — add at least one rule file")
-    return RuleSet.from_documents(documents)
+    return RuleSet.from_documents(documents, delays)
 
 
 def try_reload(directory: Path, current: RuleSet) -> tuple[RuleSet, str | None]:
     """The rule set in ``directory`` now, or ``current`` and why the new one was refused."""
     try:
-        return load_ruleset(directory), None
+        return load_ruleset(directory, current.delays), None
     except (RuleFileError, OSError) as exc:
         return current, str(exc)
 
@@ -223,7 +296,7 @@ def _check_schema(source: str, document: Any) -> None:
     )
 
 
-def _compile(source: str, raw: dict[str, Any]) -> CompiledRule:
+def _compile(source: str, raw: dict[str, Any], delays: Mapping[str, float]) -> CompiledRule:
     rule_id = raw["id"]
     trigger = raw["trigger"]
 
@@ -244,8 +317,15 @@ def _compile(source: str, raw: dict[str, Any]) -> CompiledRule:
         try:
             return parse_duration(text)
         except ValueError as exc:
-            raise RuleFileError(f"{source}: rule {rule_id!r}: field '{where}': {exc}") from None
+            known = ", ".join(sorted(delays)) or "none"
+            raise RuleFileError(
+                f"{source}: rule {rule_id!r}: field '{where}': {exc} (or a delay setting: {known})"
+            ) from None
 
+    after: float | None = None
+    if "after" in raw:
+        named = delays.get(raw["after"])
+        after = named if named is not None else duration(raw["after"], "after")
     when = expr(raw["when"], "when")
     reason = expr(trigger["reason"], "trigger.reason")
     assert when is not None and reason is not None
@@ -275,6 +355,11 @@ def _compile(source: str, raw: dict[str, Any]) -> CompiledRule:
         expires_at=expr(trigger.get("expires_at"), "trigger.expires_at"),
         reason=reason,
         payload=tuple(payload),
+        after=after,
+        at=expr(raw.get("at"), "at"),
+        timer_key=expr(raw.get("timer_key"), "timer_key"),
+        cancel_on=frozenset(raw.get("cancel_on", ())),
+        cancel_when=expr(raw.get("cancel_when"), "cancel_when"),
     )
 
 
@@ -301,10 +386,17 @@ def _evaluate(rule: CompiledRule, context: Any, event: dict[str, Any]) -> Match 
     if rule.cooldown_seconds is not None:
         subject = "" if rule.cooldown_subject is None else str(rule.cooldown_subject(context))
         cooldown_key = f"{rule.id}:{subject}"
+    due_at: float | None = None
+    if rule.at is not None:
+        due_at = float(rule.at(context))
+    elif rule.after is not None:
+        due_at = float(event["occurred_at"]) + rule.after
+    # A delayed trigger's validity counts from when it fires.
+    start = float(event["occurred_at"]) if due_at is None else due_at
     if rule.expires_at is not None:
         expires_at: float | None = float(rule.expires_at(context))
     elif rule.expires_in is not None:
-        expires_at = float(event["occurred_at"]) + rule.expires_in
+        expires_at = start + rule.expires_in
     else:
         expires_at = None
     return Match(
@@ -320,6 +412,8 @@ def _evaluate(rule: CompiledRule, context: Any, event: dict[str, Any]) -> Match 
         expires_at=expires_at,
         reason=str(rule.reason(context)),
         payload={name: expression(context) for name, expression in rule.payload},
+        due_at=due_at,
+        timer_key="" if rule.timer_key is None else str(rule.timer_key(context)),
     )
 
 

@@ -48,14 +48,8 @@ def make_settings(kafka: str, redis_url: str, data_dir: Path, **overrides: Any) 
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNI_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"OMNI_{name.upper()}"] = str(value)
-    return env
+    """The environment that makes ``Settings()`` in a child equal ``settings``."""
+    return settings.as_env(os.environ)
 
 
 def wait_for(

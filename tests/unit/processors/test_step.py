@@ -12,11 +12,11 @@ from processors.domain.policy import DAY, Policy
 from processors.domain.read_model import entitlement_key, profile_key, project
 from processors.domain.step import StepContext, step
 from processors.rulebook import load_ruleset
-from processors.settings import DEFAULT_RULES_DIR
+from processors.settings import DEFAULT_RULES_DIR, Settings
 
 NOW = parse_time("2026-11-22T12:00:00Z")
 POLICY = Policy()
-RULES = load_ruleset(DEFAULT_RULES_DIR)
+RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())
 # No quiet hours here: these tests are about the rules, not the time of day.
 CONTACT = ContactPolicy(quiet_start="00:00", quiet_end="00:00")
 
@@ -250,7 +250,11 @@ class TestProfileAndReadModel:
             ),
         ]
         state, _ = step(None, events, CTX, NOW)
-        assert state.traits == {"marital_status": "married", "children": 2}
+        assert state.traits == {
+            "marital_status": "married",
+            "children": 2,
+            "funnel_stage": "awareness",
+        }
         assert state.products == ["platinum_card"]
         assert set(state.last_seen) == {"crm", "web"}
 

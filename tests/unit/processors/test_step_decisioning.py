@@ -11,10 +11,10 @@ from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy
 from processors.domain.step import StepContext, fire_timers, preferred_channel, step
 from processors.rulebook import load_ruleset
-from processors.settings import DEFAULT_RULES_DIR
+from processors.settings import DEFAULT_RULES_DIR, Settings
 
 NOW = parse_time("2026-11-22T12:00:00Z")
-RULES = load_ruleset(DEFAULT_RULES_DIR)
+RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())
 KEY = b"test-key"
 AWAKE = StepContext(Policy(), ContactPolicy(quiet_start="00:00", quiet_end="00:00"), RULES, KEY)
 # Quiet 11:00-13:00 UTC: NOW (12:00) is inside.

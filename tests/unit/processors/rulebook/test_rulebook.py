@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from processors.rulebook import RuleFileError, RuleSet, load_ruleset, parse_duration, try_reload
-from processors.settings import DEFAULT_RULES_DIR
+from processors.settings import DEFAULT_RULES_DIR, Settings
 
 RULE = """
 rules:
@@ -63,7 +63,7 @@ def state(**traits: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def shipped() -> RuleSet:
-    return load_ruleset(DEFAULT_RULES_DIR)
+    return load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())
 
 
 def test_shipped_rules_load_sorted_by_priority(shipped: RuleSet) -> None:
@@ -213,7 +213,7 @@ def test_ruleset_id_is_stable_and_follows_content(tmp_path: Path) -> None:
 def test_reload_keeps_the_old_set_when_the_new_one_is_bad(tmp_path: Path) -> None:
     shutil.copytree(DEFAULT_RULES_DIR, tmp_path / "rules")
     folder = tmp_path / "rules"
-    current = load_ruleset(folder)
+    current = load_ruleset(folder, Settings().rule_delays())
     write(folder, "bad.yaml", "rules: []\n")
     kept, error = try_reload(folder, current)
     assert kept is current and error is not None and "bad.yaml" in error

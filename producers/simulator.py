@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -231,7 +231,131 @@ def story_s6(customer: str = "lee-s6") -> Iterator[tuple[str, dict[str, Any]]]:
     )
 
 
-STORIES = (story_s1, story_s5, story_s2, story_s3, story_s4, story_s6)
+def story_s8(customer: str = "kim-s8") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S8: a cart loaded on the phone is on the laptop; unordered, it gets a nudge later."""
+    items = [
+        {"sku": "SHOES-42", "qty": 1, "unit_price": 89.0},
+        {"sku": "SOCKS-3", "qty": 2, "unit_price": 6.5},
+    ]
+    yield (
+        "loads a cart on the phone (omni:cart in Redis)",
+        make_event(
+            customer,
+            "mobile",
+            "cart.updated",
+            {"cart_id": "CART-7", "items": items, "currency": "EUR"},
+        ),
+    )
+    yield (
+        "looks at it again on the laptop: no order, so a reminder follows",
+        make_event(customer, "web", "page.viewed", {"url": "/cart", "category": "cart"}),
+    )
+
+
+def story_s7(customer: str = "joe-s7") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S7: a TV-ad coupon by SMS, redeemed in the store; a second redemption is refused."""
+    yield (
+        "claims the TV-ad coupon by SMS",
+        make_event(
+            customer,
+            "sms",
+            "coupon.issued",
+            {"coupon_id": "TV-CPN-1", "value": 10, "currency": "EUR", "valid_hours": 48},
+        ),
+    )
+    yield (
+        "redeems it at the till",
+        make_event(
+            customer, "pos", "coupon.redeemed", {"coupon_id": "TV-CPN-1", "store_id": "STORE-3"}
+        ),
+    )
+    yield (
+        "tries again online: refused",
+        make_event(customer, "web", "coupon.redeemed", {"coupon_id": "TV-CPN-1"}),
+    )
+
+
+def story_s10(customer: str = "lia-s10") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S10: interactions build a lead score; crossing 50 hands the lead to sales."""
+    for page in ("/loans", "/loans/rates", "/loans/calculator", "/mortgages", "/contact"):
+        yield f"views {page}", make_event(customer, "web", "page.viewed", {"url": page})
+    yield (
+        "clicks the newsletter",
+        make_event(customer, "email", "email.clicked", {"campaign_id": "NEWS-11"}),
+    )
+    yield (
+        "loads a loan application cart: qualified lead",
+        make_event(
+            customer,
+            "web",
+            "cart.updated",
+            {
+                "cart_id": "LOAN-1",
+                "items": [{"sku": "LOAN", "qty": 1, "unit_price": 0}],
+                "currency": "EUR",
+            },
+        ),
+    )
+
+
+def story_s12(customer: str = "guest-s12") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S12: the chain remembers room type, requests and TV favourites at every property."""
+    yield (
+        "preferences on file",
+        make_event(
+            customer,
+            "hotel",
+            "profile.updated",
+            {
+                "room_type": "king_non_smoking",
+                "requests": ["extra_pillows"],
+                "tv_favourites": ["bbc_news"],
+            },
+        ),
+    )
+    yield (
+        "checks in in Paris: the room is ready",
+        make_event(customer, "hotel", "hotel.checked_in", {"property_id": "PAR-1"}),
+    )
+
+
+def story_s13(customer: str = "pat-s13") -> Iterator[tuple[str, dict[str, Any]]]:
+    """S13: booking, reminder, kiosk ticket, diagnosis, claim: each step knows the last."""
+    soon = (datetime.now(UTC) + timedelta(days=1, seconds=30)).isoformat(timespec="seconds")
+    yield (
+        "books a cardiology appointment on the phone",
+        make_event(
+            customer,
+            "mobile",
+            "appointment.booked",
+            {"appointment_id": "APT-1", "department": "cardiology", "scheduled_at": soon},
+        ),
+    )
+    yield (
+        "checks in at the kiosk: queue ticket on the phone",
+        make_event(customer, "kiosk", "kiosk.checked_in", {"appointment_id": "APT-1"}),
+    )
+    yield (
+        "diagnosis ready: email, then the insurance claim prompt",
+        make_event(
+            customer, "crm", "diagnosis.ready", {"appointment_id": "APT-1", "report_id": "REP-1"}
+        ),
+    )
+
+
+STORIES = (
+    story_s1,
+    story_s5,
+    story_s2,
+    story_s3,
+    story_s4,
+    story_s6,
+    story_s8,
+    story_s7,
+    story_s10,
+    story_s12,
+    story_s13,
+)
 
 BACKGROUND_CHANNELS = ("mobile", "web", "atm", "telco", "crm")
 COUNTRIES = ("DE", "FR", "ES", "IT", "NL", "PT", "GB", "US")

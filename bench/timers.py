@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 producer.produce(settings.touchpoint_topic(channel), value, key)
                 producer.poll(0)
             producer.flush(30)
+            del producer  # let librdkafka go before the broker stops
             deadline = time.monotonic() + args.delay + 30
             while len(probe.lags_ms) < len(due) and time.monotonic() < deadline:
                 time.sleep(0.5)

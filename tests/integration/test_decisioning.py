@@ -221,28 +221,16 @@ def test_s6_s9_responses_learn_channel_and_pause_declined_offers(
     first = campaign(cid, "WED-A")
     publish(settings, first)
     offer = trigger_for(readers, settings, "email", first)  # no preference yet: fallback email
+
+    def decline_by_sms(trigger: dict[str, Any]) -> None:
+        payload = {"trigger_id": trigger["trigger_id"], "offer_type": "wedding"}
+        publish(settings, make_event(cid, "sms", "offer.declined", payload))
+
     # She declines from her SMS app: she answers on sms, so sms is her channel now.
-    publish(
-        settings,
-        make_event(
-            cid,
-            "sms",
-            "offer.declined",
-            {"trigger_id": offer["trigger_id"], "offer_type": "wedding"},
-        ),
-    )
+    decline_by_sms(offer)
     second = campaign(cid, "WED-B")
     publish(settings, second)
-    offer2 = trigger_for(readers, settings, "sms", second)
-    publish(
-        settings,
-        make_event(
-            cid,
-            "sms",
-            "offer.declined",
-            {"trigger_id": offer2["trigger_id"], "offer_type": "wedding"},
-        ),
-    )
+    decline_by_sms(trigger_for(readers, settings, "sms", second))
     third = campaign(cid, "WED-C")
     publish(settings, third)
     decision = decided(readers, settings, third, "wedding_offers")

@@ -27,7 +27,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from processors.settings import TRIGGER_CHANNELS, Settings
-from producers.simulator import run_simulation
+from producers.simulator import run_simulation, story_customer
+
+ALICE = story_customer("alice-s1")
 
 
 def stack_ready(settings: Settings) -> bool:
@@ -95,13 +97,13 @@ class DemoView:
         for r in self.deadletters:
             letters.add_row(r["reason"], r["source"]["topic"], (r["errors"] or [""])[0][:90])
         atm: bytes | None = self.redis.get(  # type: ignore[assignment]
-            "omni:entitlement:alice-s1:overdraft"
+            f"omni:entitlement:{ALICE}:overdraft"
         )
-        ttl = self.redis.ttl("omni:entitlement:alice-s1:overdraft")
+        ttl = self.redis.ttl(f"omni:entitlement:{ALICE}:overdraft")
         atm_view = (
-            f"ATM sees for alice-s1: {atm.decode()} (TTL {ttl}s)"
+            f"ATM sees for {ALICE}: {atm.decode()} (TTL {ttl}s)"
             if atm
-            else "ATM sees no overdraft for alice-s1 yet"
+            else f"ATM sees no overdraft for {ALICE} yet"
         )
         counters = "  ".join(f"{k}: {v}" for k, v in sorted(self.counts.items()))
         s = self.settings

@@ -1,12 +1,13 @@
 """Channel simulators for the demo: stories S1 and S5, plus background traffic.
 
-Story customers have readable ids (``alice-s1``, ``maria-s5``); background
+Story customers have readable ids (``alice-s1-<run>``, ``maria-s5-<run>``); background
 customers are ``bg-<n>``. One simulated backend has a bug now and then, so the
 demo shows dead letters too.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -20,6 +21,14 @@ from confluent_kafka import Producer
 
 from processors.settings import Settings
 from producers.sdk import PRODUCER_CONFIG, TouchpointProducer
+
+#: Story customers get this run's tag, so a second demo against the same stack plays the
+#: stories afresh instead of hitting the first run's cooldowns and dedup.
+RUN_TAG = os.environ.get("OMNI_DEMO_RUN") or uuid.uuid4().hex[:4]
+
+
+def story_customer(name: str) -> str:
+    return f"{name}-{RUN_TAG}"
 
 
 def now_iso() -> str:
@@ -40,7 +49,7 @@ def make_event(
     }
 
 
-def story_s1(customer: str = "alice-s1") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s1(customer: str = story_customer("alice-s1")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S1: overdraft accepted in the app, honoured at the ATM, visible to the branch."""
     yield (
         "profile",
@@ -86,7 +95,7 @@ def story_s1(customer: str = "alice-s1") -> Iterator[tuple[str, dict[str, Any]]]
     )
 
 
-def story_s5(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s5(customer: str = story_customer("maria-s5")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S5: a phone seen in a new country gets a roaming offer, once per country."""
 
     def attached(country: str) -> dict[str, Any]:
@@ -129,7 +138,7 @@ def story_s5(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]
     yield "lands in Italy: no offer, no consent", attached("IT")
 
 
-def story_s2(customer: str = "tom-s2") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s2(customer: str = story_customer("tom-s2")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S2: a second foreign-airport withdrawal (another ATM) brings the travel card offer."""
 
     def airport_atm(atm_id: str, country: str) -> dict[str, Any]:
@@ -153,7 +162,7 @@ def story_s2(customer: str = "tom-s2") -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def story_s3(
-    married: str = "john-s3", single: str = "ana-s3"
+    married: str = story_customer("john-s3"), single: str = story_customer("ana-s3")
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """S3: a wedding campaign reaches the single customer, never the married father of two."""
     yield (
@@ -191,7 +200,7 @@ def story_s3(
         )
 
 
-def story_s4(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s4(customer: str = story_customer("maria-s5")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S4: a long-distance call gets the plan offer by SMS before it connects."""
     yield (
         "starts an international call: plan offer by SMS",
@@ -204,7 +213,7 @@ def story_s4(customer: str = "maria-s5") -> Iterator[tuple[str, dict[str, Any]]]
     )
 
 
-def story_s6(customer: str = "lee-s6") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s6(customer: str = story_customer("lee-s6")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S6/S9: one-tap responses are tracked; an unsubscribe holds on every channel."""
     yield "profile", make_event(customer, "crm", "profile.updated", {"home_country": "DE"})
     yield (
@@ -231,7 +240,7 @@ def story_s6(customer: str = "lee-s6") -> Iterator[tuple[str, dict[str, Any]]]:
     )
 
 
-def story_s8(customer: str = "kim-s8") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s8(customer: str = story_customer("kim-s8")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S8: a cart loaded on the phone is on the laptop; unordered, it gets a nudge later."""
     items = [
         {"sku": "SHOES-42", "qty": 1, "unit_price": 89.0},
@@ -252,7 +261,7 @@ def story_s8(customer: str = "kim-s8") -> Iterator[tuple[str, dict[str, Any]]]:
     )
 
 
-def story_s7(customer: str = "joe-s7") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s7(customer: str = story_customer("joe-s7")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S7: a TV-ad coupon by SMS, redeemed in the store; a second redemption is refused."""
     yield (
         "claims the TV-ad coupon by SMS",
@@ -260,22 +269,25 @@ def story_s7(customer: str = "joe-s7") -> Iterator[tuple[str, dict[str, Any]]]:
             customer,
             "sms",
             "coupon.issued",
-            {"coupon_id": "TV-CPN-1", "value": 10, "currency": "EUR", "valid_hours": 48},
+            {"coupon_id": f"TV-CPN-{RUN_TAG}", "value": 10, "currency": "EUR", "valid_hours": 48},
         ),
     )
     yield (
         "redeems it at the till",
         make_event(
-            customer, "pos", "coupon.redeemed", {"coupon_id": "TV-CPN-1", "store_id": "STORE-3"}
+            customer,
+            "pos",
+            "coupon.redeemed",
+            {"coupon_id": f"TV-CPN-{RUN_TAG}", "store_id": "STORE-3"},
         ),
     )
     yield (
         "tries again online: refused",
-        make_event(customer, "web", "coupon.redeemed", {"coupon_id": "TV-CPN-1"}),
+        make_event(customer, "web", "coupon.redeemed", {"coupon_id": f"TV-CPN-{RUN_TAG}"}),
     )
 
 
-def story_s10(customer: str = "lia-s10") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s10(customer: str = story_customer("lia-s10")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S10: interactions build a lead score; crossing 50 hands the lead to sales."""
     for page in ("/loans", "/loans/rates", "/loans/calculator", "/mortgages", "/contact"):
         yield f"views {page}", make_event(customer, "web", "page.viewed", {"url": page})
@@ -298,7 +310,7 @@ def story_s10(customer: str = "lia-s10") -> Iterator[tuple[str, dict[str, Any]]]
     )
 
 
-def story_s12(customer: str = "guest-s12") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s12(customer: str = story_customer("guest-s12")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S12: the chain remembers room type, requests and TV favourites at every property."""
     yield (
         "preferences on file",
@@ -319,7 +331,7 @@ def story_s12(customer: str = "guest-s12") -> Iterator[tuple[str, dict[str, Any]
     )
 
 
-def story_s13(customer: str = "pat-s13") -> Iterator[tuple[str, dict[str, Any]]]:
+def story_s13(customer: str = story_customer("pat-s13")) -> Iterator[tuple[str, dict[str, Any]]]:
     """S13: booking, reminder, kiosk ticket, diagnosis, claim: each step knows the last."""
     soon = (datetime.now(UTC) + timedelta(days=1, seconds=30)).isoformat(timespec="seconds")
     yield (

@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,28 @@ class Evaluation:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(slots=True, frozen=True)
+#: ``state.<field>`` in an expression; any other use of ``state`` needs the whole record.
+_STATE_FIELD = re.compile(r"\bstate\.([A-Za-z_][A-Za-z0-9_]*)")
+_WHOLE_STATE = re.compile(r"\bstate\b(?!\.[A-Za-z_])")
+
+
+def _expressions(rule: CompiledRule) -> Iterable[Expression]:
+    for expression in (
+        rule.when,
+        rule.eligibility,
+        rule.channel_from,
+        rule.cooldown_subject,
+        rule.expires_at,
+        rule.reason,
+        rule.at,
+        rule.timer_key,
+        *(e for _, e in rule.payload),
+    ):
+        if expression is not None:
+            yield expression
+
+
+@dataclass(frozen=True)
 class RuleSet:
     """An immutable, loaded rule set; ``ruleset_id`` is a hash of its content."""
 
@@ -200,11 +222,36 @@ class RuleSet:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
 
     def context(self, event: dict[str, Any], state: dict[str, Any], now: float) -> Any:
-        """The CEL context of one event (built once, shared by every expression)."""
+        """The CEL context of one event (built once, shared by every expression).
+
+        Converting the state to CEL values is most of the cost of evaluating rules,
+        so only the state fields the listening rules mention are converted.
+        """
+        fields = self.state_fields.get(event["type"])
+        if fields is not None:
+            state = {name: state[name] for name in fields if name in state}
         return cel.Context(
             variables={"event": event, "state": state, "now": now, "delays": dict(self.delays)},
             functions=FUNCTIONS,
         )
+
+    @cached_property
+    def state_fields(self) -> dict[str, frozenset[str] | None]:
+        """event type -> the state fields its rules read (None: all of them)."""
+        needed: dict[str, frozenset[str] | None] = {}
+        for event_type, rules in self.by_type.items():
+            fields: set[str] | None = set()
+            for rule in rules:
+                for expression in _expressions(rule):
+                    if _WHOLE_STATE.search(expression.text):
+                        fields = None
+                        break
+                    assert fields is not None
+                    fields.update(_STATE_FIELD.findall(expression.text))
+                if fields is None:
+                    break
+            needed[event_type] = None if fields is None else frozenset(fields)
+        return needed
 
     def cancels(
         self,

@@ -233,3 +233,20 @@ def test_yaml_on_is_a_key_not_a_boolean(tmp_path: Path) -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
+
+
+def test_only_the_state_fields_rules_read_are_converted(shipped: RuleSet) -> None:
+    assert shipped.state_fields["telco.network_attached"] == {"traits", "last_country"}
+    assert "timeline" in (shipped.state_fields["branch.visit"] or set())
+
+
+def test_a_rule_using_the_whole_state_gets_all_of_it(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "a.yaml",
+        RULE.replace('event.payload.call_type == "international"', "size(state) > 0"),
+    )
+    rules = load_ruleset(tmp_path)
+    assert rules.state_fields["telco.call_started"] is None
+    [match] = rules.evaluate(event(call_type="x", destination_country="FR"), state(), 0.0).matches
+    assert match.rule.id == "sample_rule"

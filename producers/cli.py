@@ -138,7 +138,10 @@ def stats() -> None:
             pct(r["control_conversion"]),
             pct(r["lift"]),
         )
-    Console().print(table)
+    # Eleven columns do not fit 80: wider than the terminal beats unreadable cells.
+    console = Console()
+    console.width = max(console.width, 150)
+    console.print(table)
 
 
 @redis_app.command("rebuild")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import StreamT, TableT, TopicT
+from faust.types import StreamT, TableT
 from faust.types.transports import TransportT
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -26,6 +26,7 @@ from processors.domain.policy import DAY, Policy
 from processors.domain.step import StepContext
 from processors.ingest import Ingest
 from processors.metrics import Metrics
+from processors.output import OutputProducer, TableWriter
 from processors.projection import ReadModelWriter
 from processors.rulebook import RuleSet, load_ruleset
 from processors.settings import TRIGGER_CHANNELS, Settings
@@ -52,6 +53,8 @@ class Pipeline:
     metrics: Metrics
     table: TableT[bytes, bytes]
     writer: ReadModelWriter
+    #: Every record the worker emits goes through it; flushed before each commit.
+    producer: OutputProducer
     source_topics: frozenset[str]
     customer: CustomerProcessor
 
@@ -121,14 +124,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     )
     metrics = Metrics(registry)
 
-    def raw_topic(name: str, internal: bool = False) -> TopicT:
-        return app.topic(name, partitions=settings.partitions, internal=internal, **RAW_ARGS)
-
     touchpoints = app.topic(*settings.touchpoint_topics, **RAW_ARGS)
-    customer_events = raw_topic(settings.customer_events_topic)
-    deadletters = raw_topic(settings.deadletter_topic)
-    decisions = raw_topic(settings.decision_topic)
-    triggers = {channel: raw_topic(settings.trigger_topic(channel)) for channel in TRIGGER_CHANNELS}
+    customer_events = app.topic(
+        settings.customer_events_topic, partitions=settings.partitions, **RAW_ARGS
+    )
     table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes)
     # The interaction timeline lives beside the compact customer record, not inside it.
     timelines = app.Table(
@@ -139,17 +138,26 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     writer = ReadModelWriter(
         settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
     )
-    ingest = Ingest(settings, EventValidator(), metrics, customer_events, deadletters)
+    producer = OutputProducer(settings.kafka_client_config(), settings.producer_linger_ms)
+    ingest = Ingest(
+        settings,
+        EventValidator(),
+        metrics,
+        producer,
+        settings.customer_events_topic,
+        settings.deadletter_topic,
+    )
     customer = CustomerProcessor(
         settings=settings,
         ctx=step_context(settings, ruleset),
         metrics=metrics,
-        table=table,
-        timelines=timelines,
-        stats=stats,
-        trigger_topics=triggers,
-        decisions=decisions,
-        deadletters=deadletters,
+        producer=producer,
+        records=TableWriter(table, producer),
+        timelines=TableWriter(timelines, producer),
+        stats=TableWriter(stats, producer),
+        trigger_topics={c: settings.trigger_topic(c) for c in TRIGGER_CHANNELS},
+        decision_topic=settings.decision_topic,
+        deadletter_topic=settings.deadletter_topic,
         writer=writer,
     )
     metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
@@ -158,6 +166,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         metrics=metrics,
         table=table,
         writer=writer,
+        producer=producer,
         source_topics=frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
         customer=customer,
     )
@@ -170,6 +179,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         async for batch in adaptive_batches(stream, settings.batch_max_events):
             with batch_seconds("ingest").time():
                 ingest.process(batch)
+                producer.poll()
             batch_size("ingest").observe(len(batch))
             for event in batch:
                 await stream.ack(event)

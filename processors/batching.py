@@ -1,4 +1,4 @@
-"""Adaptive batches over a Faust stream, and per-partition table context.
+"""Adaptive batches over a Faust stream.
 
 Faust's ``stream.take(n, within)`` waits up to ``within`` for a batch to fill.
 Here a batch is whatever is already queued (up to ``max_events``): under load
@@ -7,12 +7,10 @@ batches grow by themselves, and a lone event is processed at once.
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from faust.streams import Stream, _current_event
+from faust.streams import Stream
 from faust.types import EventT, StreamT
 
 
@@ -30,19 +28,3 @@ async def adaptive_batches(stream: StreamT[Any], max_events: int) -> AsyncIterat
         if len(batch) >= max_events or queue.empty():
             yield batch
             batch = []
-
-
-@contextmanager
-def partition_context(event: EventT) -> Iterator[None]:
-    """Make table reads and writes go to ``event``'s partition.
-
-    Faust picks a table's RocksDB partition and changelog partition from the
-    *current event*. A batch mixes partitions, so while we read or write one
-    customer's state we point the current event at one of that customer's own
-    messages (same key, so same partition).
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)

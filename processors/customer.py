@@ -3,9 +3,10 @@ read-model writes out; and the timer tick.
 
 Per batch: group events by partition and customer, read each customer's state
 and timeline once, run the pure ``step``, write each changed record once (one
-changelog record per customer per batch), queue triggers and decisions with
-``send_soon`` (delivered in producer batches, never awaited one by one), and hand
-the read-model writes to the Redis writer, which acks the batch once they land.
+RocksDB write batch per partition and one changelog record per customer per
+batch, :class:`processors.output.TableWriter`), queue triggers and decisions on
+the librdkafka producer (never awaited one by one), and hand the read-model
+writes to the Redis writer, which acks the batch once they land.
 
 Timers (deferred triggers, "ignored" checks) live in the customer records. The
 tick asks an in-memory due index which customers have a timer due and fires
@@ -19,24 +20,21 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-import weakref
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
-from faust.streams import _current_event
-from faust.types import EventT, TableT, TopicT
+from confluent_kafka import KafkaError, Message
+from faust.types import EventT
 
-from processors.batching import partition_context
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.domain.model import CustomerState, Event, StepOutputs, Trigger
 from processors.domain.read_model import ReadModelWrite, project, stats_key, timeline_write
 from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
 from processors.metrics import Metrics
+from processors.output import OutputProducer, TableWriter, checked
 from processors.projection import ReadModelWriter
 from processors.settings import Settings
 
@@ -58,41 +56,21 @@ async def _nothing_to_ack() -> None:
     return None
 
 
-@dataclass(slots=True, weakref_slot=True)
-class _Anchor:
-    """Stands in for an event of ``partition`` so the table writes there (timer tick)."""
-
-    message: Any
-
-
-@contextmanager
-def _in_partition(topic: str, partition: int) -> Iterator[None]:
-    anchor = _Anchor(message=_PartitionMessage(topic, partition))
-    token = _current_event.set(weakref.ref(anchor))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-@dataclass(slots=True, frozen=True)
-class _PartitionMessage:
-    topic: str
-    partition: int
-
-
 @dataclass(slots=True)
 class CustomerProcessor:
     settings: Settings
     ctx: StepContext
     metrics: Metrics
-    table: TableT[bytes, bytes]
-    timelines: TableT[bytes, bytes]
+    producer: OutputProducer
+    #: The customer records (Faust table ``customers``).
+    records: TableWriter
+    timelines: TableWriter
     #: "<rule>|<channel>" -> counters, per partition (S11 offer performance).
-    stats: TableT[bytes, bytes]
-    trigger_topics: dict[str, TopicT]
-    decisions: TopicT
-    deadletters: TopicT
+    stats: TableWriter
+    #: channel -> trigger topic name.
+    trigger_topics: dict[str, str]
+    decision_topic: str
+    deadletter_topic: str
     writer: ReadModelWriter
     #: partition -> due index of that partition's customers.
     due: dict[int, DueIndex] = field(default_factory=dict)
@@ -108,17 +86,26 @@ class CustomerProcessor:
             due = self.due.get(partition)
             counts: StatCounts = defaultdict(lambda: defaultdict(float))
             for key, customer_events in customers.items():
-                with partition_context(customer_events[-1]):
-                    writes.extend(self._process_customer(key, customer_events, now, due, counts))
+                writes.extend(
+                    self._process_customer(key, partition, customer_events, now, due, counts)
+                )
             if counts:
-                with partition_context(customer_events[-1]):
-                    writes.extend(self._add_stats(partition, counts))
+                writes.extend(self._add_stats(partition, counts))
+        self._write_tables()
         self.metrics.processed.inc(len(events))
         self.writer.submit(writes, ack)
+
+    def _write_tables(self) -> None:
+        """The batch's state, one write per customer, then serve delivery callbacks."""
+        self.records.flush()
+        self.timelines.flush()
+        self.stats.flush()
+        self.producer.poll()
 
     def _process_customer(
         self,
         key: bytes,
+        partition: int,
         raw_events: list[EventT],
         now: float,
         due: DueIndex | None,
@@ -129,8 +116,8 @@ class CustomerProcessor:
                 Event.from_record(orjson.loads(e.message.value or b""), e.message.timestamp)
                 for e in raw_events
             ]
-            state = self._load(key)
-            stored_timeline = self.timelines.get(key)
+            state = self._load(key, partition)
+            stored_timeline = self.timelines.get(key, partition)
             timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
             state, out = step(state, parsed, self.ctx, now, timeline)
         except Exception as exc:  # a bug for one customer must not stop the partition
@@ -139,9 +126,9 @@ class CustomerProcessor:
                 self._deadletter(event, exc)
             return []
         if out.changed:
-            self.table[key] = orjson.dumps(state)
+            self.records.put(key, orjson.dumps(state), partition)
             if out.timeline is not None and out.timeline != timeline:
-                self.timelines[key] = orjson.dumps(out.timeline)
+                self.timelines.put(key, orjson.dumps(out.timeline), partition)
             if due is not None:
                 due.update(key, next_due(state.timers))
         self._send(key, out)
@@ -153,8 +140,8 @@ class CustomerProcessor:
             writes.append(timeline_write(state.customer_id, out.timeline))
         return writes
 
-    def _load(self, key: bytes) -> CustomerState | None:
-        stored = self.table.get(key)
+    def _load(self, key: bytes, partition: int) -> CustomerState | None:
+        stored = self.records.get(key, partition)
         return None if stored is None else CustomerState.from_dict(orjson.loads(stored))
 
     # --- timers ---------------------------------------------------------------------------
@@ -163,7 +150,7 @@ class CustomerProcessor:
         """Index every customer with timers in ``partitions`` (after an assignment change)."""
         self.due = {p: DueIndex() for p in partitions}
         indexed = 0
-        for key, value in self.table.items():
+        for key, value in self.records.table.items():
             if _NO_TIMERS in value:
                 continue
             partition = partition_of(key)
@@ -181,17 +168,16 @@ class CustomerProcessor:
         """Fire every timer due by ``now`` on this worker's partitions; returns how many."""
         fired = 0
         writes: list[ReadModelWrite] = []
-        topic = self.settings.customer_events_topic
         for partition, index in self.due.items():
             keys = index.pop_due(now)
             if not keys:
                 continue
             counts: StatCounts = defaultdict(lambda: defaultdict(float))
-            with _in_partition(topic, partition):
-                for key in keys:
-                    fired += self._fire_customer(key, index, now, writes, counts)
-                if counts:
-                    writes.extend(self._add_stats(partition, counts))
+            for key in keys:
+                fired += self._fire_customer(key, partition, index, now, writes, counts)
+            if counts:
+                writes.extend(self._add_stats(partition, counts))
+        self._write_tables()
         if writes:
             self.writer.submit(writes, _nothing_to_ack)
         return fired
@@ -199,13 +185,14 @@ class CustomerProcessor:
     def _fire_customer(
         self,
         key: bytes,
+        partition: int,
         index: DueIndex,
         now: float,
         writes: list[ReadModelWrite],
         counts: StatCounts,
     ) -> int:
         try:
-            state = self._load(key)
+            state = self._load(key, partition)
             if state is None:
                 return 0
             lags = [now - t["due_at"] for t in state.timers if t["due_at"] <= now]
@@ -216,7 +203,7 @@ class CustomerProcessor:
             return 0
         if out.changed:
             # Timers and their effects are written together: a fired timer cannot fire again.
-            self.table[key] = orjson.dumps(state)
+            self.records.put(key, orjson.dumps(state), partition)
             writes.extend(project(state, now))
         index.update(key, next_due(state.timers))
         for lag in lags:
@@ -237,7 +224,7 @@ class CustomerProcessor:
         writes = []
         for (rule, channel), increments in counts.items():
             table_key = f"{rule}|{channel}".encode()
-            stored = self.stats.get(table_key)
+            stored = self.stats.get(table_key, partition)
             totals: dict[str, float] = {} if stored is None else orjson.loads(stored)
             for counter, amount in increments.items():
                 totals[counter] = totals.get(counter, 0.0) + amount
@@ -246,7 +233,7 @@ class CustomerProcessor:
                 else:
                     self.metrics.offer_outcomes(rule, channel, counter).inc(amount)
             value = orjson.dumps(totals)
-            self.stats[table_key] = value
+            self.stats.put(table_key, value, partition)
             writes.append(ReadModelWrite(stats_key(rule), value, field=f"{channel}|p{partition}"))
         return writes
 
@@ -254,15 +241,17 @@ class CustomerProcessor:
 
     def _send(self, key: bytes, out: StepOutputs) -> None:
         metrics = self.metrics
+        send = self.producer.send
         for trigger in out.triggers:
-            self.trigger_topics[trigger.channel].send_soon(
-                key=key,
-                value=orjson.dumps(trigger.to_record()),
-                callback=self._latency_callback(trigger),
+            send(
+                self.trigger_topics[trigger.channel],
+                key,
+                orjson.dumps(trigger.to_record()),
+                on_delivery=checked(self._latency_callback(trigger), self.producer),
             )
             metrics.triggers(trigger.type, trigger.channel).inc()
         for decision in out.decisions:
-            self.decisions.send_soon(key=key, value=orjson.dumps(decision.to_record()))
+            send(self.decision_topic, key, orjson.dumps(decision.to_record()))
             metrics.decisions(decision.rule, decision.outcome).inc()
             if decision.reasons:
                 metrics.suppressed(decision.trigger_type, decision.reasons[0]).inc()
@@ -280,20 +269,21 @@ class CustomerProcessor:
         if out.timers_dropped:
             metrics.timers_dropped.inc(out.timers_dropped)
 
-    def _latency_callback(self, trigger: Trigger) -> Callable[[Any], None]:
+    def _latency_callback(self, trigger: Trigger) -> Callable[[KafkaError | None, Message], None]:
         histogram = self.metrics.trigger_latency(trigger.type)
         produced_at = trigger.source_produced_at
 
-        def delivered(_: Any) -> None:
+        def delivered(_err: KafkaError | None, _message: Message) -> None:
             histogram.observe(time.time() - produced_at)
 
         return delivered
 
     def _deadletter(self, event: EventT, exc: Exception) -> None:
         message = event.message
-        self.deadletters.send_soon(
-            key=message.key,
-            value=deadletter_record(
+        self.producer.send(
+            self.deadletter_topic,
+            message.key,
+            deadletter_record(
                 PROCESSING_ERROR,
                 [
                     f"the customer step failed on this event ({type(exc).__name__}: {exc}); "

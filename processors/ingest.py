@@ -1,9 +1,9 @@
 """The ingest step: validate each touchpoint message, dead-letter the bad ones, and
 forward the good ones unchanged to the customer-events topic, keyed by customer id.
 
-Everything per message is synchronous (validation, ``send_soon``); Faust's commit
-flushes the producer before it commits the acked offsets, so forwarding is
-at-least-once.
+Everything per message is synchronous (validation, a librdkafka ``produce``); the
+consumer flushes the producer before it commits the acked offsets
+(:mod:`processors.transport`), so forwarding is at-least-once.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from faust.types import EventT, TopicT
+from faust.types import EventT
 
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.metrics import Metrics
+from processors.output import OutputProducer
 from processors.settings import Settings
 from schemas import EventValidator, Rejection
 
@@ -28,11 +29,14 @@ class Ingest:
     settings: Settings
     validator: EventValidator
     metrics: Metrics
-    customer_events: TopicT
-    deadletters: TopicT
+    producer: OutputProducer
+    customer_events_topic: str
+    deadletter_topic: str
 
     def process(self, events: list[EventT]) -> None:
         channel_of: Callable[[str], str | None] = self.settings.touchpoint_topics.get
+        send = self.producer.send
+        forward_to = self.customer_events_topic
         for event in events:
             message = event.message
             try:
@@ -55,8 +59,12 @@ class Ingest:
                 if isinstance(result, Rejection):
                     self._deadletter(event, result)
                     continue
-                self.customer_events.send_soon(
-                    key=message.key, value=message.value, timestamp=message.timestamp
+                # The producer time travels with the event: it is what latency counts from.
+                send(
+                    forward_to,
+                    message.key,
+                    message.value,
+                    timestamp_ms=int(message.timestamp * 1000),
                 )
                 self.metrics.ingested(channel, result["type"]).inc()
             except Exception as exc:  # one bad message must never stop the partition
@@ -77,9 +85,10 @@ class Ingest:
 
     def _deadletter(self, event: EventT, rejection: Rejection) -> None:
         message = event.message
-        self.deadletters.send_soon(
-            key=message.key,
-            value=deadletter_record(
+        self.producer.send(
+            self.deadletter_topic,
+            message.key,
+            deadletter_record(
                 rejection.reason,
                 rejection.errors,
                 message.topic,

@@ -34,10 +34,18 @@ OnWritten = Callable[[], Awaitable[None]]
 
 
 class ReadModelWriter:
-    def __init__(self, redis_url: str, metrics: Metrics, retry_max_seconds: float = 5.0) -> None:
-        self._redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
-        )
+    def __init__(
+        self,
+        redis_url: str,
+        metrics: Metrics,
+        retry_max_seconds: float = 5.0,
+        write_timeout_seconds: float = 5.0,
+    ) -> None:
+        # No per-reply socket timeout: redis-py wraps every reply of a pipeline in an
+        # asyncio timeout of its own (a measurable share of the worker's CPU); one
+        # deadline for the whole pipeline (``_write``) finds a hung Redis as well.
+        self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0)
+        self._write_timeout = write_timeout_seconds
         self._metrics = metrics
         self._retry_max = retry_max_seconds
         #: (key, hash field or None) -> the newest write of it.
@@ -93,7 +101,7 @@ class ReadModelWriter:
             self._pending, self._on_written, self._oldest_pending = {}, [], None
             try:
                 await self._write(writes.values())
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, TimeoutError) as exc:
                 self._metrics.redis_write_errors.inc()
                 # Newer values submitted meanwhile win over the ones we failed to write.
                 writes.update(self._pending)
@@ -120,7 +128,9 @@ class ReadModelWriter:
     async def _write(self, writes: Iterable[ReadModelWrite]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             queue_writes(pipe, writes)
-            await pipe.execute()
+            # A timeout cancels the pipeline; redis-py then drops the connection.
+            async with asyncio.timeout(self._write_timeout):
+                await pipe.execute()
 
 
 def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite]) -> None:

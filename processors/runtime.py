@@ -130,6 +130,13 @@ class WorkerRuntime(Service):
 
     async def on_stop(self) -> None:
         await self.app.pipeline.writer.stop()
+        undelivered = self.app.pipeline.producer.close()
+        if undelivered:
+            log.warning(
+                "Stopped with %d records undelivered; their events were not committed "
+                "and are processed again after restart.",
+                undelivered,
+            )
         if self._runner is not None:
             await self._runner.cleanup()
 

@@ -16,6 +16,10 @@ Otherwise (rebalancing, back-pressure) it falls back to Faust's path, which
 lets a rebalance interrupt a blocked delivery. The agents then find a whole
 fetch waiting in their queue and take it as one batch.
 
+It also flushes the worker's own producer (:mod:`processors.output`, which
+carries every record the agents emit) before any offset commit, so a commit
+never runs ahead of the outputs of the events it covers.
+
 Written against faust-streaming 0.15.3 (pinned); ``tests/integration`` run
 through it on every test.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
@@ -41,6 +45,16 @@ DELIVERIES_PER_YIELD = 500
 
 class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     """``faust.transport.drivers.aiokafka.Consumer`` with a bulk fetch loop."""
+
+    async def _commit_offsets(
+        self, offsets: Mapping[TP, int], start_new_transaction: bool = True
+    ) -> bool:
+        # Every commit path (interval, rebalance, shutdown) comes through here.
+        pipeline = getattr(self.app, "pipeline", None)
+        if pipeline is not None:
+            await pipeline.producer.flush()
+        committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        return committed
 
     def _delivery_is_immediate(self) -> Callable[[TP], bool]:
         """A check that the conductor's callback will not suspend for ``tp``."""

@@ -1,0 +1,208 @@
+"""What the worker writes to Kafka, in bulk: one librdkafka producer and per-batch table writes.
+
+Why not Faust's ``send_soon`` and ``table[key] = value``: measured on the bench,
+every record through Faust costs a ``FutureMessage``, a ``ProducerBuffer`` round
+and an awaited aiokafka ``send`` (Python batch building, a future per record),
+and a table write adds a changelog record of that kind plus a RocksDB write with
+its own persisted-offset write. The worker emits about four records per event
+(forwarded event, customer record, timeline, decisions and triggers), so that
+path was a large share of its CPU.
+
+Here every record goes through one ``confluent_kafka.Producer``: ``produce()`` is
+a C call, and librdkafka batches and sends on its own threads. Faust still owns
+the tables (RocksDB per partition, changelog topics, recovery, rebalancing):
+:class:`TableWriter` writes a batch's records into Faust's RocksDB store in one
+``WriteBatch`` per partition and their changelog records through the producer,
+and on delivery of a partition's last changelog record sets the persisted offset
+Faust's recovery starts from, exactly as Faust's own changelog callback does.
+
+At-least-once: the consumer flushes this producer before it commits offsets
+(:mod:`processors.transport`), so an offset is committed only once every output of
+the events before it is acknowledged by the broker. A record librdkafka gives up
+on (after its own retries, ``delivery.timeout.ms``) makes the flush raise, the
+commit does not happen and the worker stops; after a restart the events are
+processed again and their outputs, with deterministic ids, are dropped by
+consumers as duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from faust.types import TP, TableT
+from rocksdict import WriteBatch
+
+log = logging.getLogger(__name__)
+
+#: How long one blocking flush slice may hold the event loop before it yields
+#: (health checks must keep answering while the broker is slow).
+FLUSH_SLICE_SECONDS = 0.5
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+class DeliveryFailed(RuntimeError):
+    """A record could not be delivered: offsets must not be committed past it."""
+
+
+class OutputProducer:
+    """One librdkafka producer for every record the worker emits."""
+
+    def __init__(self, client_config: dict[str, Any], linger_ms: int) -> None:
+        self._producer = Producer(
+            {
+                **client_config,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": linger_ms,
+                # The Java client's partitioner, like the SDK's and aiokafka's: a keyed
+                # record lands where the contract says (same key, same partition).
+                "partitioner": "murmur2_random",
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "batch.num.messages": 10_000,
+                "on_delivery": self._check,
+            }
+        )
+        self._failure: str | None = None
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Queue one record; never awaits (a full queue waits for librdkafka, briefly)."""
+        kwargs: dict[str, Any] = {}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if timestamp_ms:
+            kwargs["timestamp"] = timestamp_ms
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                # A million records queued: the broker is behind. Serve deliveries until
+                # there is room (this is the back-pressure on the agents).
+                self._producer.poll(0.05)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks; the agents call it once per batch."""
+        self._producer.poll(0)
+
+    def queued(self) -> int:
+        return len(self._producer)
+
+    async def flush(self) -> None:
+        """Wait until every queued record is acknowledged; raise if one failed.
+
+        Each slice blocks the event loop, so no agent can queue more meanwhile and
+        the flush cannot be outrun under load; between slices (a slow broker) the
+        loop runs once so health checks answer.
+        """
+        while self._producer.flush(FLUSH_SLICE_SECONDS) > 0:
+            log.warning(
+                "%d records still unacknowledged after %.1fs; waiting for the broker",
+                len(self._producer),
+                FLUSH_SLICE_SECONDS,
+            )
+            await asyncio.sleep(0)
+        if self._failure is not None:
+            raise DeliveryFailed(self._failure)
+
+    def close(self, timeout: float = 10.0) -> int:
+        """Flush what is queued (blocking); returns how many records were left undelivered."""
+        return int(self._producer.flush(timeout))
+
+    def _check(self, err: KafkaError | None, message: Message) -> None:
+        if err is not None:
+            self._failure = (
+                f"record for {message.topic()}[{message.partition()}] was not delivered: {err}; "
+                "offsets are not committed past it, the worker stops and its events are "
+                "processed again after restart. Check the broker and the topic's ACLs."
+            )
+            log.error("%s", self._failure)
+
+
+def checked(callback: DeliveryCallback, producer: OutputProducer) -> DeliveryCallback:
+    """A per-record callback that still reports failures to ``producer``."""
+
+    def on_delivery(err: KafkaError | None, message: Message) -> None:
+        producer._check(err, message)
+        if err is None:
+            callback(err, message)
+
+    return on_delivery
+
+
+class TableWriter:
+    """A Faust table's records of one batch: RocksDB per partition, changelog via librdkafka."""
+
+    def __init__(self, table: TableT[bytes, bytes], producer: OutputProducer) -> None:
+        self.table = table
+        self.producer = producer
+        self.changelog_topic = table.changelog_topic.get_topic_name()
+        #: partition -> key -> value (None deletes), for the batch being built.
+        self._pending: dict[int, dict[bytes, bytes | None]] = {}
+
+    @property
+    def _store(self) -> Any:
+        return self.table.data  # faust.stores.rocksdb.Store
+
+    def get(self, key: bytes, partition: int) -> bytes | None:
+        pending = self._pending.get(partition)
+        if pending is not None and key in pending:
+            return pending[key]
+        value: bytes | None = self._store._db_for_partition(partition).get(key)
+        return value
+
+    def put(self, key: bytes, value: bytes | None, partition: int) -> None:
+        self._pending.setdefault(partition, {})[key] = value
+
+    def flush(self) -> int:
+        """Write the batch: one RocksDB write and its changelog records per partition."""
+        written = 0
+        store = self._store
+        for partition, records in self._pending.items():
+            batch = WriteBatch(raw_mode=True)
+            for key, value in records.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            store._db_for_partition(partition).write(batch)
+            last = len(records) - 1
+            for index, (key, value) in enumerate(records.items()):
+                self.producer.send(
+                    self.changelog_topic,
+                    key,
+                    value,
+                    partition=partition,
+                    on_delivery=self._persisted if index == last else None,
+                )
+            written += len(records)
+        self._pending = {}
+        return written
+
+    def _persisted(self, err: KafkaError | None, message: Message) -> None:
+        # What Faust's own changelog callback does: recovery after a restart starts
+        # after this offset, since RocksDB already holds everything up to it.
+        if err is not None:
+            self.producer._check(err, message)
+            return
+        try:
+            self._store.set_persisted_offset(
+                TP(message.topic() or "", message.partition() or 0), message.offset()
+            )
+        except Exception:  # a revoked partition's store may be closed: recovery redoes it
+            log.debug("persisted offset not recorded for %s", message.topic(), exc_info=True)

@@ -2,9 +2,10 @@
 
 ``python -m bench.loops ceiling|hand --group G --expect N --result FILE``
 reads the touchpoint topics of the namespace in ``OMNI_*`` (same env as the
-worker), processes until ``N`` events are done (or SIGTERM when ``N`` is 0) and
-writes its timings to ``FILE`` as JSON. A separate process keeps its CPU and
-peak RSS apart from the benchmark driver, exactly like the worker's.
+worker), processes until ``N`` events are done (or ``--window`` seconds have
+passed, or SIGTERM when ``N`` is 0) and writes its timings to ``FILE`` as JSON.
+A separate process keeps its CPU and peak RSS apart from the benchmark driver,
+exactly like the worker's.
 
 Both loops are at-least-once like the worker: a batch is fully processed
 (outputs queued, Redis written) before its offsets can be committed, and every
@@ -221,6 +222,10 @@ class Clock:
         self.cpu_at_assign = 0.0
 
     def on_assign(self, _consumer: Consumer, _partitions: list[Any]) -> None:
+        self.start()
+
+    def start(self) -> None:
+        """Open the window (once): the variant can consume from here on."""
         if self.assigned_at is None:
             self.assigned_at = time.monotonic()
             self.cpu_at_assign = cpu_seconds()
@@ -229,6 +234,24 @@ class Clock:
 
     def since_assign(self) -> float:
         return time.monotonic() - (self.assigned_at or time.monotonic())
+
+    def window_over(self, window: float) -> bool:
+        """``window`` seconds (0: no limit) have passed since the window opened."""
+        return bool(window) and self.assigned_at is not None and self.since_assign() >= window
+
+    def mark_first(self, result: LoopResult) -> float:
+        """Note the first processed event or batch; returns the CPU seconds at that moment."""
+        result.first_s = self.since_assign()
+        return cpu_seconds()
+
+    def mark_done(self, result: LoopResult, cpu_first: float, done_file: Path | None) -> None:
+        """Close the window: N events processed (or the window is over)."""
+        result.done_s = self.since_assign()
+        cpu_now = cpu_seconds()
+        result.cpu_s = cpu_now - self.cpu_at_assign
+        result.cpu_first_to_done_s = cpu_now - cpu_first
+        if done_file is not None:
+            done_file.write_text("done\n")
 
 
 class Committer:
@@ -260,6 +283,9 @@ class Limits:
     commit_interval: float
     #: Written when ``expect`` events are done, so the driver can close its windows.
     done_file: Path | None = None
+    #: Stop after this many seconds from assignment even if ``expect`` is not reached (0: no
+    #: limit); the result then covers the events processed so far (``processed``).
+    window: float = 0.0
 
 
 def run_loop(
@@ -282,16 +308,13 @@ def run_loop(
             result.processed += len(messages)
             committer.pending = True
             if result.first_s is None:
-                result.first_s, cpu_first = clock.since_assign(), cpu_seconds()
-        if expect and result.processed >= expect:
+                cpu_first = clock.mark_first(result)
+        if (expect and result.processed >= expect) or (
+            result.processed and clock.window_over(limits.window)
+        ):
             # Stop the clock where the worker's counter would say "processed":
             # outputs queued, state and Redis written; the final flush is not timed.
-            result.done_s = clock.since_assign()
-            cpu_now = cpu_seconds()
-            result.cpu_s = cpu_now - clock.cpu_at_assign
-            result.cpu_first_to_done_s = cpu_now - cpu_first
-            if done_file is not None:
-                done_file.write_text("done\n")
+            clock.mark_done(result, cpu_first, done_file)
             break
         committer.maybe()
     committer.maybe(force=True)
@@ -306,6 +329,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--ready", type=Path, help="file written once partitions are assigned")
     parser.add_argument("--done", type=Path, help="file written once N events are processed")
+    parser.add_argument(
+        "--window", type=float, default=0.0, help="stop after this many seconds (0: no limit)"
+    )
     parser.add_argument("--out-topic", help="(ceiling) where the records go")
     parser.add_argument("--changelog-topic", help="(hand) state changelog topic")
     parser.add_argument("--state-dir", type=Path, help="(hand) RocksDB directory")
@@ -337,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     work = _build_work(args, settings, producer)
     consumer = loop_consumer(settings, args.group, on_assign=clock.on_assign)
     try:
-        limits = Limits(args.expect, args.batch, settings.commit_interval_seconds, args.done)
+        limits = Limits(
+            args.expect, args.batch, settings.commit_interval_seconds, args.done, args.window
+        )
         run_loop(work, consumer, producer, clock, result, limits, stop)
     except Exception:
         result.error = traceback.format_exc()
@@ -345,12 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         consumer.close()
         if isinstance(work, HandWork):
             work.close()
-    counts = work.counts
+    write_result(args.result, result, work.counts)
+    return 1 if result.error else 0
+
+
+def write_result(path: Path, result: LoopResult, counts: Counts) -> None:
+    """The result file the driver reads (``run_loop_variant``): timings, counts, peak RSS."""
     result.triggers, result.decisions = counts.triggers, counts.decisions
     result.deadletters, result.redis_keys = counts.deadletters, counts.redis_keys
     result.peak_rss_mb = peak_rss_mb()
-    args.result.write_bytes(orjson.dumps(asdict(result)))
-    return 1 if result.error else 0
+    path.write_bytes(orjson.dumps(asdict(result)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Child processes of the benchmark: the worker (c) and the loops (a, b).
+"""Child processes of the benchmark: the worker (c) and the loops (a, b, d, e).
 
 Each runs in its own process group (so a Ctrl-C in the terminal reaches only
 the driver, which then stops them in order) and logs to a file in the run's
@@ -39,10 +39,19 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, str]:
 
 
 class Child:
-    """A Python module run as a detached child with the settings' ``OMNI_*`` env."""
+    """A Python module run as a detached child with the settings' ``OMNI_*`` env.
 
-    def __init__(self, argv: list[str], settings: Settings, log_path: Path) -> None:
-        self.argv = [sys.executable, *argv]
+    ``interpreter`` (default: the bench's own python) runs it, e.g. another venv's.
+    """
+
+    def __init__(
+        self,
+        argv: list[str],
+        settings: Settings,
+        log_path: Path,
+        interpreter: str | Path | None = None,
+    ) -> None:
+        self.argv = [str(interpreter or sys.executable), *argv]
         self.settings = settings
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,4 +1,5 @@
-"""Summaries (medians over repetitions), the stdout table, and bench/results/latest.*."""
+"""Summaries (medians over repetitions), the issue's targets, the stdout tables, and
+bench/results/latest.{json,md,png}."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import orjson
 
-from bench.latency import LatencyResult
+from bench import plot
+from bench.latency import HALF, LatencyResult
 from bench.stack import KAFKA_VERSION
 from bench.throughput import VARIANTS, RunResult
 
@@ -35,7 +37,22 @@ METHOD = (
     "rocksdict Rdict, one changelog record per changed customer (the worker's table does the "
     "same), triggers and decisions, project() to Redis in one pipeline per batch. "
     "(c) python -m processors worker as shipped (ingest agent -> omni.customer-events -> "
-    "customer agent).",
+    "customer agent). "
+    "(d) naive Faust: (b)'s logic as Faust's docs show it (bench/naive_faust.py): one agent over "
+    "the 13 topics iterating per event, two Faust tables set per event (each set a changelog "
+    "record), one awaited topic.send() per output and one awaited redis.asyncio command per "
+    "read-model write; Faust's own transport; window from assigned + tables recovered (polled "
+    "in-process every 10 ms). "
+    "(e) Quix Streams (bench/quix_loop.py, its own venv from bench/quix-requirements.txt): the "
+    "13 topics concat-ed into one StreamingDataFrame, a stateful apply (state.get_bytes/set_bytes "
+    "per customer key, Quix's changelog), outputs via to_topic with a topic callback, Redis via a "
+    "BatchingSink writing one pipeline per checkpoint; window from assignment to the first "
+    "checkpoint (sink flush) after N events. (d) and (e) run (b)'s per-event steps through "
+    "bench/perevent.py, one event per step() call.",
+    "Slow window: a variant that has not drained the backlog --slow-window seconds (default 60; "
+    "0 = no limit) after its window opened stops there, and its events/s is over the events it "
+    "processed in that window ('events timed'), not over the whole backlog; 'triggers' then "
+    "counts that part only. The worker's counter is read at its progress poll.",
     "CPU: user+system seconds of the variant's process (all threads) over the window, per "
     "event. Peak RSS: the kernel's VmHWM of that process. Broker/Redis CPU over the same window "
     "are shown because on a 2-core machine they compete with the variant.",
@@ -43,8 +60,23 @@ METHOD = (
     "customer whose home profile was processed before) at a fixed rate with the SDK producer "
     "settings; a probe consumer of trigger.sms (ceiling: its output topic) notes each trigger's "
     "arrival; latency = arrival wall time - the event's scheduled send time "
-    "(no coordinated omission). HdrHistogram, 3 significant digits; the warm-up is not recorded.",
+    "(no coordinated omission). HdrHistogram, 3 significant digits; the warm-up is not recorded. "
+    "One run per (rate, variant), variants interleaved per rate; 'half' = half of c's median "
+    "throughput above. Saturated (the processor could not sustain the rate): triggers missing "
+    "after the drain; the median latency of the last quarter of the seconds over 3x (and 20 ms "
+    "above) the first quarter's (rising) or over 1 s (backlog: never drained); or the run cut "
+    "once an event waited 10 s. A saturated run's percentiles are over the triggers that "
+    "arrived, so they understate.",
 )
+
+#: The issue's throughput targets: (ratio, at least, label).
+THROUGHPUT_TARGETS = (
+    ("c/b", 0.5, "C ≥ 0.5 x B"),
+    ("c/d", 10.0, "C ≥ 10 x D"),
+    ("c/e", 1.0, "C ≥ 1.0 x E"),
+)
+#: The issue's latency targets for the worker: (rate: events/s or HALF, p99 at most, ms).
+LATENCY_TARGETS: tuple[tuple[float | str, float], ...] = ((5000.0, 50.0), (HALF, 100.0))
 
 
 def median(values: Sequence[float]) -> float:
@@ -69,6 +101,7 @@ def summarize_throughput(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
                     "broker_cpu_us_per_event",
                     "redis_cpu_us_per_event",
                     "seconds",
+                    "events",
                 )
             }
             | {
@@ -84,10 +117,52 @@ def summarize_throughput(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     if "c" in summary:
-        for other in ("a", "b"):
+        for other in ("a", "b", "d", "e"):
             if other in summary:
                 out[f"c/{other}"] = summary["c"]["events_per_s"] / summary[other]["events_per_s"]
     return out
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def target_lines(ratios_found: dict[str, float], latency: list[dict[str, Any]]) -> list[str]:
+    """One line per target of the issue: met / not met / not measured, with the figure."""
+    lines = []
+    for key, least, label in THROUGHPUT_TARGETS:
+        value = ratios_found.get(key)
+        if value is None:
+            lines.append(f"throughput {label}: not measured ({key[-1]} or c did not run)")
+        else:
+            lines.append(f"throughput {label}: {_met(value >= least)} ({key} = {value:.3f})")
+    for rate, most in LATENCY_TARGETS:
+        where = "half of C's max" if rate == HALF else f"{_num(rate)}/s"
+        label = f"latency C p99 ≤ {most:g} ms at {where}"
+        found = [
+            r
+            for r in latency
+            if r["variant"] == "c"
+            and (r.get("rate_label") == HALF if rate == HALF else r["rate"] == rate)
+        ]
+        if not found:
+            lines.append(f"{label}: not measured")
+            continue
+        r = found[-1]
+        at = f"{_num(r['rate'])}/s, " if rate == HALF else ""
+        p99 = f"p99 {_num(r['p99_ms'], 1)} ms"
+        if r.get("saturated"):
+            why = f" ({r['saturation']})" if r.get("saturation") else ""
+            lost = f" of the arrived, {_num(r['missing'])} missing" if r.get("missing") else ""
+            lines.append(f"{label}: not met ({at}saturated{why}: {p99}{lost})")
+        else:
+            ok = r["p99_ms"] == r["p99_ms"] and r["p99_ms"] <= most  # NaN: nothing arrived
+            lines.append(f"{label}: {_met(ok)} ({at}{p99})")
+    return lines
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    return target_lines(report["throughput"]["ratios"], report["latency"])
 
 
 def machine() -> dict[str, Any]:
@@ -142,6 +217,7 @@ def throughput_rows(report: dict[str, Any]) -> list[list[str]]:
         [
             "variant",
             "events/s",
+            "events timed",
             "runs (events/s)",
             "CPU µs/event",
             "peak RSS MiB",
@@ -156,6 +232,7 @@ def throughput_rows(report: dict[str, Any]) -> list[list[str]]:
             [
                 f"{variant} {s['name']}",
                 _num(s["events_per_s"]),
+                _num(s["events"]),
                 " ".join(_num(v) for v in s["events_per_s_all"]),
                 _num(s["cpu_us_per_event"], 1),
                 _num(s["peak_rss_mb"]),
@@ -182,13 +259,15 @@ def latency_rows(report: dict[str, Any]) -> list[list[str]]:
             "mean ms",
             "median 1st s → last s",
             "send lag max ms",
+            "late sends",
+            "verdict",
         ]
     ]
     for r in report["latency"]:
         rows.append(
             [
                 f"{r['variant']} {r['name']}",
-                _num(r["rate"]),
+                _num(r["rate"]) + (" (half)" if r.get("rate_label") == HALF else ""),
                 _num(r["received"]),
                 _num(r["missing"]),
                 _num(r["p50_ms"], 1),
@@ -198,9 +277,19 @@ def latency_rows(report: dict[str, Any]) -> list[list[str]]:
                 _num(r["mean_ms"], 1),
                 _trend(r["timeline"]),
                 _num(r["send_lag_max_ms"], 1),
+                _num(r["late_sends"]),
+                _verdict(r),
             ]
         )
     return rows
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    if not r.get("saturated"):
+        return "keeps up"
+    cut = r.get("cut_at_s")
+    why = f"cut at {cut:g} s" if cut is not None else r.get("saturation", "")
+    return "saturated" + (f" ({why})" if why else "")
 
 
 def _trend(timeline: list[list[float]]) -> str:
@@ -244,20 +333,30 @@ def headline(report: dict[str, Any]) -> str:
     return (
         f"{config['events']:,} events, {config['customers']:,} customers, "
         f"{config['partitions']} partitions, median of {config['repeat']} run(s) per variant"
+        + (f", slow window {config['slow_window_s']:g} s" if config.get("slow_window_s") else "")
+    )
+
+
+def _latency_headline(report: dict[str, Any]) -> str:
+    config = report["config"]
+    return (
+        f"Open loop, {config['seconds']:g} s per run after a {config['warmup']:g} s warm-up, "
+        f"one run per rate and variant (rates {', '.join(config['rates']) or 'none'})."
     )
 
 
 def print_report(report: dict[str, Any]) -> None:
-    config = report["config"]
     print(f"\nThroughput ({headline(report)})")
     print(text_table(throughput_rows(report)))
     print(_ratio_line(report))
     if report["latency"]:
-        print(
-            f"\nEvent-to-trigger latency (open loop, {config['rate']:g} events/s for "
-            f"{config['seconds']:g} s after a {config['warmup']:g} s warm-up)"
-        )
+        print(f"\nEvent-to-trigger latency. {_latency_headline(report)}")
         print(text_table(latency_rows(report)))
+    for note in report.get("latency_notes", []):
+        print(f"note: {note}")
+    print("\nTargets of the issue:")
+    for line in targets(report):
+        print(f"  {line}")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -267,6 +366,15 @@ def markdown(report: dict[str, Any]) -> str:
         "# Benchmark: latest results",
         f"Generated by `python -m bench.run{' ' + config['argv'] if config['argv'] else ''}` "
         f"(`make bench` runs it without arguments) on {report['date']}.",
+        "",
+        "## Summary: the issue's targets",
+        "",
+        *(f"- {line}" for line in targets(report)),
+        "",
+        "![throughput per variant; latency percentiles vs rate](latest.png)",
+        "",
+        "## Setup",
+        "",
         f"- machine: nproc {m['nproc']}, {m['cpu_model']}, {m['platform']}, Python {m['python']}",
         f"- Apache Kafka {m['kafka_version']} (local KRaft broker, devstack), redis-server local",
         f"- load average before/after: {report['loadavg_before']} / {report['loadavg_after']} "
@@ -286,21 +394,23 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "## Event-to-trigger latency",
             "",
-            f"Open loop, {config['rate']:g} events/s for {config['seconds']:g} s after a "
-            f"{config['warmup']:g} s warm-up.",
+            _latency_headline(report),
             "",
             markdown_table(latency_rows(report)),
         ]
+    if report.get("latency_notes"):
+        parts += ["", *(f"Note: {note}" for note in report["latency_notes"])]
     parts += ["", "## Method", "", *(f"- {line}" for line in report["method"])]
     return "\n".join(parts) + "\n"
 
 
 def write(report: dict[str, Any], results_dir: Path) -> None:
-    """latest.json and latest.md, each written to a .tmp file first (gitignored) then renamed."""
+    """latest.json, .md and .png, each written to a .tmp file first (gitignored) then renamed."""
     results_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (
         ("latest.json", orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"),
         ("latest.md", markdown(report).encode()),
+        ("latest.png", plot.png(report)),
     ):
         tmp = results_dir / f"{name}.tmp"
         tmp.write_bytes(data)

@@ -1,11 +1,15 @@
-"""``make bench``: preload a workload, measure throughput (a, b, c) and latency; print figures.
+"""``make bench``: preload a workload, measure throughput (a-e) and latency; print figures.
 
     python -m bench.run [--events 200000] [--customers 20000] [--repeat 1]
-                        [--rate 500] [--seconds 20] [--variants a,b,c] [--latency a,b,c]
+                        [--rates 1000,5000,half] [--seconds 20] [--variants a,b,c,d,e]
+                        [--slow-window 60]
+                        [--latency c,a,b]
 
 Figures, not a test: nothing here asserts on timing. With ``--repeat 3`` the
 variants run interleaved (a b c a b c a b c) so a noisy neighbour hurts all of
-them alike, and the tables show medians. Everything started (broker, Redis,
+them alike, and the tables show medians. Latency runs one open-loop run per
+(rate, variant), variants interleaved per rate; ``half`` is half of c's median
+throughput measured just before. Everything started (broker, Redis,
 worker, loops) is stopped on exit, Ctrl-C or SIGTERM included.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,9 +28,10 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from bench import report
-from bench.latency import LatencyResult, Plan, run_latency
+from bench.latency import LatencyResult, Plan, parse_rates, resolve_rates, run_latency
+from bench.quixenv import QuixEnvError, ensure_quix_venv
 from bench.stack import BenchStack, bench_stack, terminate_as_interrupt
-from bench.throughput import RunResult, extra_topics, run_variant
+from bench.throughput import VARIANTS, RunResult, extra_topics, run_variant
 from bench.workload import generate, preload
 from processors.settings import Settings
 
@@ -37,12 +43,26 @@ def say(message: str) -> None:
     print(f"[bench {time.monotonic() - _T0:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _variants(text: str) -> list[str]:
+def _variants(text: str, known: tuple[str, ...] = tuple(VARIANTS)) -> list[str]:
     chosen = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = set(chosen) - {"a", "b", "c"}
+    unknown = set(chosen) - set(known)
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {sorted(unknown)}; use a, b, c")
+        raise argparse.ArgumentTypeError(
+            f"unknown variant(s) {sorted(unknown)}; use {', '.join(known)}"
+        )
     return chosen
+
+
+def _latency_variants(text: str) -> list[str]:
+    # bench.latency starts any variant (d and e through their modules' CLI, like bench.loops).
+    return _variants(text, tuple(VARIANTS))
+
+
+def _rates(text: str) -> list[str]:
+    try:
+        return parse_rates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -55,14 +75,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=1,
         help="throughput runs per variant, interleaved; medians are reported",
     )
-    p.add_argument("--variants", type=_variants, default=["a", "b", "c"])
+    p.add_argument("--variants", type=_variants, default=list(VARIANTS))
+    p.add_argument(
+        "--slow-window",
+        type=float,
+        default=60.0,
+        help="throughput: a variant still draining the backlog after this many seconds stops "
+        "there and reports events/s over the events it processed ('events timed'); 0 = no limit",
+    )
     p.add_argument("--batch", type=int, default=1000, help="max events per batch of the loops")
-    p.add_argument("--rate", type=float, default=500.0, help="latency: events per second")
-    p.add_argument("--seconds", type=float, default=20.0, help="latency: measured seconds")
+    p.add_argument(
+        "--rates",
+        type=_rates,
+        default="1000,5000,half",
+        help="latency: events per second, comma-separated; 'half' = half of c's median "
+        "throughput in this run ('' for none)",
+    )
+    p.add_argument(
+        "--rate", dest="rates", type=_rates, default=argparse.SUPPRESS, help="alias of --rates"
+    )
+    p.add_argument("--seconds", type=float, default=20.0, help="latency: measured seconds per run")
     p.add_argument("--warmup", type=float, default=2.0, help="latency: unrecorded seconds first")
     p.add_argument(
         "--latency",
-        type=_variants,
+        type=_latency_variants,
         default=["c", "a", "b"],
         help="variants to measure latency for ('' for none)",
     )
@@ -75,7 +111,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def delete_namespace(settings: Settings) -> None:
     """Drop a finished repetition's topics so later runs meet the same broker."""
     admin = AdminClient(settings.kafka_client_config())
-    prefixes = (settings.topic_namespace, settings.app_id)
+    # Quix Streams (e) names its changelog topics changelog__<group>--...
+    prefixes = (settings.topic_namespace, settings.app_id, f"changelog__{settings.app_id}")
     names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefixes)]
     for future in admin.delete_topics(names, operation_timeout=60).values():
         future.result()
@@ -104,9 +141,12 @@ def run_throughput(
         )
         for variant in args.variants:
             say(f"  throughput {variant} ...")
-            run = run_variant(stack, settings, variant, workload.events, repetition, args.batch)
+            run = run_variant(
+                stack, settings, variant, workload.events, repetition, args.batch, args.slow_window
+            )
             say(
-                f"  throughput {variant}: {run.events_per_s:,.0f} events/s, "
+                f"  throughput {variant}: {run.events_per_s:,.0f} events/s "
+                f"over {run.events:,} events, "
                 f"{run.cpu_us_per_event:.1f} µs CPU/event, startup {run.startup_s:.1f}s"
                 + (f", mean batch {run.mean_batch}" if run.mean_batch else "")
             )
@@ -115,17 +155,35 @@ def run_throughput(
     return runs
 
 
-def run_latencies(stack: BenchStack, args: argparse.Namespace) -> list[LatencyResult]:
-    plan = Plan(args.rate, args.seconds, args.warmup)
+def run_latencies(
+    stack: BenchStack, args: argparse.Namespace, runs: list[RunResult], notes: dict[str, Any]
+) -> list[LatencyResult]:
+    """One open-loop run per (rate, variant): c a b at the first rate, then the next rate."""
+    worker = [run.events_per_s for run in runs if run.variant == "c"]
+    rates, skipped = resolve_rates(args.rates, statistics.median(worker) if worker else None)
+    notes["latency_rates"] = [{"rate": rate, "label": label} for rate, label in rates]
+    notes["latency_notes"] = skipped
+    for note in skipped:
+        say(note)
     results = []
-    for variant in args.latency:
-        say(f"latency {variant}: {plan.rate:g}/s for {plan.seconds:g}s (+{plan.warmup:g}s warm-up)")
-        result = run_latency(stack, variant, plan, args.batch)
-        say(
-            f"latency {variant}: p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-            f"missing {result.missing}"
-        )
-        results.append(result)
+    for rate, label in rates if args.latency else []:
+        plan = Plan(rate, args.seconds, args.warmup)
+        for variant in args.latency:
+            say(
+                f"latency {variant}: {plan.rate:g}/s{' (half of c)' if label else ''} for "
+                f"{plan.seconds:g}s (+{plan.warmup:g}s warm-up), {plan.customers:,} customers"
+            )
+            result = run_latency(stack, variant, plan, args.batch)
+            result.rate_label = label
+            say(
+                f"latency {variant} at {plan.rate:g}/s: p50 {result.p50_ms:.1f} ms, "
+                f"p99 {result.p99_ms:.1f} ms, p99.9 {result.p999_ms:.1f} ms, "
+                f"missing {result.missing}, send lag max {result.send_lag_max_ms:.0f} ms "
+                f"({result.late_sends} late)"
+                + (f" SATURATED ({result.saturation})" if result.saturated else "")
+                + (f", cut after {result.cut_at_s:g}s" if result.cut_at_s is not None else "")
+            )
+            results.append(result)
     return results
 
 
@@ -137,8 +195,9 @@ def config_of(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "customers": args.customers,
         "repeat": args.repeat,
         "variants": args.variants,
+        "slow_window_s": args.slow_window,
         "batch": args.batch,
-        "rate": args.rate,
+        "rates": args.rates,
         "seconds": args.seconds,
         "warmup": args.warmup,
         "latency_variants": args.latency,
@@ -159,11 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         "preload_events_per_s": [],
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
+    if "e" in args.variants:
+        try:  # before anything is measured: made once, then reused (a stamp file)
+            ensure_quix_venv(say=say)
+        except QuixEnvError as error:
+            say(str(error))
+            return 2
     try:
         with bench_stack(keep_workdir=args.keep_workdir) as stack:
             say(f"Kafka {stack.bootstrap}, Redis {stack.redis_url}, workdir {stack.workdir}")
             runs = run_throughput(stack, args, notes)
-            latencies = run_latencies(stack, args)
+            latencies = run_latencies(stack, args, runs, notes)
     except KeyboardInterrupt:
         say("interrupted: everything started was stopped")
         return 130

@@ -26,6 +26,7 @@ from processors.domain.policy import DAY, Policy
 from processors.domain.step import StepContext
 from processors.ingest import Ingest
 from processors.metrics import Metrics
+from processors.monitor import LeanMonitor
 from processors.output import OutputProducer, TableWriter
 from processors.projection import ReadModelWriter
 from processors.rulebook import RuleSet, load_ruleset
@@ -115,7 +116,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         broker_commit_interval=settings.commit_interval_seconds,
         producer_linger_ms=settings.producer_linger_ms,
         producer_acks=-1,
-        stream_buffer_maxsize=max(4096, settings.batch_max_events * 2),
+        # A fetch never overfills an agent's queue: Faust pauses a partition at 80 % of
+        # the buffer and a fetch brings at most half a batch more, so delivery never
+        # takes Faust's blocking path (a task and a wait per message, measured).
+        stream_buffer_maxsize=4 * settings.batch_max_events,
+        broker_max_poll_records=max(1, settings.batch_max_events // 2),
+        monitor=LeanMonitor(),
         table_standby_replicas=0,
         # Raw bytes everywhere: a decode error inside Faust's stream would crash
         # the agent before our per-event error handling could dead-letter it.

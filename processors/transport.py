@@ -56,8 +56,13 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
         return committed
 
-    def _delivery_is_immediate(self) -> Callable[[TP], bool]:
-        """A check that the conductor's callback will not suspend for ``tp``."""
+    def _delivery_is_immediate(self) -> tuple[Callable[[], bool], Callable[[TP], bool]]:
+        """Checks that the conductor's callback will not suspend: per fetch, and per ``tp``.
+
+        The per-fetch part (flow control, callback lock, Faust's producer buffer,
+        which our agents no longer use) can only change while the loop runs other
+        tasks, so it is checked again after every point where this loop yields.
+        """
         app = self.app
         flow_control_active = app.flow_control.is_active
         producer_buffer = app.producer.buffer
@@ -65,19 +70,21 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         subscribers = conductor._tp_index  # type: ignore[attr-defined]
         callback_lock = conductor._tp_to_callback_lock  # type: ignore[attr-defined]
 
-        def immediate(tp: TP) -> bool:
+        def loop_ready() -> bool:
             return (
                 flow_control_active()
                 and not callback_lock.locked()
                 and producer_buffer.size <= producer_buffer.max_messages
-                and not any(channel.queue.full() for channel in subscribers.get(tp, ()))
             )
 
-        return immediate
+        def room_for(tp: TP) -> bool:
+            return not any(channel.queue.full() for channel in subscribers.get(tp, ()))
+
+        return loop_ready, room_for
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         callback = self.callback
-        immediate = self._delivery_is_immediate()
+        loop_ready, room_for = self._delivery_is_immediate()
         consumer_stopped = cast(Service, self)._stopped.is_set
         fetcher_stopped = cast(Service, fetcher)._stopped.is_set
         read_offsets = self._read_offset
@@ -93,24 +100,32 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                 if consumer_stopped() or fetcher_stopped():
                     break
                 delivered = 0
+                # Getting the first record suspends (the fetch itself): check after it.
+                ready: bool | None = None
                 async for tp, message in fetched:
+                    if ready is None:
+                        ready = loop_ready()
                     offset = message.offset
                     read_offset = read_offsets[tp]
                     if read_offset is not None and offset < read_offset:
                         continue  # already delivered before a seek: drop it
                     if read_offset and offset - read_offset > 1 and acks_enabled_for(tp.topic):
                         await self._add_gap(tp, read_offset + 1, offset)
+                        ready = loop_ready()
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    if immediate(tp):
+                        ready = loop_ready()
+                    if ready and room_for(tp):
                         await callback(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
+                        ready = loop_ready()
                     read_offsets[tp] = offset
                     delivered += 1
                     if delivered % DELIVERIES_PER_YIELD == 0:
                         await asyncio.sleep(0)
+                        ready = loop_ready()
                 diag.unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

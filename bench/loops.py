@@ -117,7 +117,8 @@ class HandWork:
             writes.extend(self._customer(key, items, now))
         if writes:
             pipe = self.redis.pipeline(transaction=False)
-            queue_writes(pipe, writes)
+            # One projection per customer per batch: no key twice, as in the worker.
+            queue_writes(pipe, writes, keys_unique=True)
             pipe.execute()
             self.counts.redis_keys += len(writes)
 

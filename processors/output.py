@@ -68,6 +68,7 @@ class OutputProducer:
                 "on_delivery": self._check,
             }
         )
+        self._produce = self._producer.produce
         self._failure: str | None = None
 
     def send(
@@ -75,26 +76,28 @@ class OutputProducer:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
+        partition: int = -1,
+        timestamp_ms: int = 0,
         on_delivery: DeliveryCallback | None = None,
     ) -> None:
-        """Queue one record; never awaits (a full queue waits for librdkafka, briefly)."""
-        kwargs: dict[str, Any] = {}
-        if partition is not None:
-            kwargs["partition"] = partition
-        if timestamp_ms:
-            kwargs["timestamp"] = timestamp_ms
-        if on_delivery is not None:
-            kwargs["on_delivery"] = on_delivery
-        while True:
-            try:
-                self._producer.produce(topic, value, key, **kwargs)
-                return
-            except BufferError:
-                # A million records queued: the broker is behind. Serve deliveries until
-                # there is room (this is the back-pressure on the agents).
+        """Queue one record; never awaits (a full queue waits for librdkafka, briefly).
+
+        ``partition`` -1 lets the partitioner choose; ``timestamp_ms`` 0 means now;
+        without ``on_delivery`` the producer's own check reports failures.
+        """
+        # Positional: building keyword arguments per record was visible in the profile.
+        try:
+            self._produce(topic, value, key, partition, on_delivery, None, timestamp_ms)
+        except BufferError:
+            # A million records queued: the broker is behind. Serve deliveries until
+            # there is room (this is the back-pressure on the agents).
+            while True:
                 self._producer.poll(0.05)
+                try:
+                    self._produce(topic, value, key, partition, on_delivery, None, timestamp_ms)
+                    return
+                except BufferError:
+                    continue
 
     def poll(self) -> None:
         """Serve delivery callbacks; the agents call it once per batch."""

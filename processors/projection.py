@@ -127,15 +127,34 @@ class ReadModelWriter:
 
     async def _write(self, writes: Iterable[ReadModelWrite]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            queue_writes(pipe, writes)
+            # Coalesced per (key, field) in ``submit``: every key appears once.
+            queue_writes(pipe, writes, keys_unique=True)
             # A timeout cancels the pipeline; redis-py then drops the connection.
             async with asyncio.timeout(self._write_timeout):
                 await pipe.execute()
 
 
-def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite]) -> None:
-    """Add whole-value SETs (with their absolute expiry) to a sync or async pipeline."""
+#: Keys per MSET: big enough to amortise the per-command cost, small enough that one
+#: command never holds Redis for long.
+MSET_CHUNK = 500
+
+
+def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite], keys_unique: bool = False) -> None:
+    """Add whole-value writes (with their absolute expiry) to a sync or async pipeline.
+
+    With ``keys_unique`` (no key appears twice, so order does not matter) the plain
+    SETs go out as a few MSETs: redis-py's cost is per command (packing, reply
+    parsing), and most of a batch's writes are plain profile and timeline values.
+    """
+    plain: dict[str, bytes] = {}
     for write in writes:
+        is_plain_set = write.field is None and write.value is not None and write.expire_at is None
+        if keys_unique and is_plain_set:
+            plain[write.key] = write.value  # type: ignore[assignment]
+            if len(plain) >= MSET_CHUNK:
+                pipe.mset(plain)
+                plain = {}
+            continue
         if write.field is not None:
             pipe.hset(write.key, write.field, write.value)
         elif write.value is None:
@@ -144,3 +163,5 @@ def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite]) -> None:
             pipe.set(write.key, write.value)
         else:
             pipe.set(write.key, write.value, pxat=int(write.expire_at * 1000))
+    if plain:
+        pipe.mset(plain)

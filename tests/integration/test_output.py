@@ -15,7 +15,7 @@ from processors.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, int]]:
+def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes, int, int]]:
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
@@ -25,7 +25,7 @@ def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes,
         }
     )
     consumer.subscribe([topic])
-    seen: list[tuple[bytes, int]] = []
+    seen: list[tuple[bytes, int, int]] = []
     try:
         for _ in range(200):
             for message in consumer.consume(500, timeout=0.1):
@@ -33,7 +33,8 @@ def read_all(settings: Settings, topic: str, expected: int) -> list[tuple[bytes,
                 if error is not None and error.code() != KafkaError._PARTITION_EOF:
                     raise AssertionError(f"reading {topic}: {error.str()}")
                 if error is None:
-                    seen.append((message.key() or b"", message.partition() or 0))
+                    _, timestamp_ms = message.timestamp()
+                    seen.append((message.key() or b"", message.partition() or 0, timestamp_ms))
             if len(seen) >= expected:
                 break
     finally:
@@ -45,15 +46,25 @@ def test_keyed_records_land_where_the_contract_partitioner_puts_them(settings: S
     producer = OutputProducer(settings.kafka_client_config(), linger_ms=5)
     topic = settings.decision_topic
     keys = [f"cust-{i}".encode() for i in range(200)]
-    for key in keys:
-        producer.send(topic, key, b"{}")
+    delivered: list[int] = []
+    for index, key in enumerate(keys):
+        producer.send(
+            topic,
+            key,
+            b"{}",
+            timestamp_ms=1_700_000_000_000 + index,
+            on_delivery=lambda err, msg: delivered.append(msg.offset()) if err is None else None,
+        )
     asyncio.run(producer.flush())
 
+    assert len(delivered) == len(keys)  # per-record callbacks ran (the flush serves them)
     seen = read_all(settings, topic, len(keys))
-    assert sorted(key for key, _ in seen) == sorted(keys)
-    for key, partition in seen:
+    assert sorted(key for key, _, _ in seen) == sorted(keys)
+    for key, partition, timestamp_ms in seen:
         # The Java client's murmur2, as the SDK and Faust's tables partition.
         assert partition == (murmur2(key) & 0x7FFFFFFF) % settings.partitions, key
+        # The forwarded event keeps its producer's time: latency counts from it.
+        assert timestamp_ms == 1_700_000_000_000 + keys.index(key)
 
 
 def test_flush_raises_when_a_record_cannot_be_delivered(settings: Settings) -> None:

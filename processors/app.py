@@ -36,6 +36,8 @@ from schemas import EventValidator
 
 log = logging.getLogger(__name__)
 
+MIB = 1024 * 1024
+
 # Our code does the (orjson) decoding: Faust only moves bytes. (Agents re-derive
 # their topic's schema from these arguments, so topics get them spelled out.)
 RAW_ARGS: dict[str, Any] = {
@@ -134,13 +136,26 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     customer_events = app.topic(
         settings.customer_events_topic, partitions=settings.partitions, **RAW_ARGS
     )
-    table = app.Table("customers", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    store_options = {
+        "write_buffer_size": settings.rocksdb_write_buffer_mib * MIB,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mib * MIB,
+    }
+
+    def state_table(name: str) -> TableT[bytes, bytes]:
+        return app.Table(
+            name,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=dict(store_options),  # Faust pops keys from it: one copy each
+        )
+
+    table = state_table("customers")
     # The interaction timeline lives beside the compact customer record, not inside it.
-    timelines = app.Table(
-        "timelines", partitions=settings.partitions, key_type=bytes, value_type=bytes
-    )
+    timelines = state_table("timelines")
     # Offer performance per rule and channel, per partition (S11).
-    stats = app.Table("stats", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+    stats = state_table("stats")
     writer = ReadModelWriter(
         settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
     )

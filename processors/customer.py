@@ -125,10 +125,13 @@ class CustomerProcessor:
             for event in raw_events:
                 self._deadletter(event, exc)
             return []
+        # Unchanged, the stored bytes are the timeline's encoding (orjson is deterministic).
+        encoded_timeline = stored_timeline
         if out.changed:
             self.records.put(key, orjson.dumps(state), partition)
             if out.timeline is not None and out.timeline != timeline:
-                self.timelines.put(key, orjson.dumps(out.timeline), partition)
+                encoded_timeline = orjson.dumps(out.timeline)
+                self.timelines.put(key, encoded_timeline, partition)
             if due is not None:
                 due.update(key, next_due(state.timers))
         self._send(key, out)
@@ -137,7 +140,7 @@ class CustomerProcessor:
         # and this is what makes the read model converge (whole values, idempotent).
         writes = project(state, now)
         if out.timeline:
-            writes.append(timeline_write(state.customer_id, out.timeline))
+            writes.append(timeline_write(state.customer_id, out.timeline, encoded_timeline))
         return writes
 
     def _load(self, key: bytes, partition: int) -> CustomerState | None:

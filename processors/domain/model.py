@@ -6,6 +6,7 @@ inside the domain and RFC 3339 strings on the wire.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,11 +27,49 @@ def parse_time(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 
 
-def format_time(epoch: float) -> str:
-    """Epoch seconds -> RFC 3339 in UTC with millisecond precision."""
+def _format_time(epoch: float) -> str:
+    """The definition of :func:`format_time` (and its path for unusual inputs)."""
     return (
         datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
+
+
+#: Whole epoch second -> "YYYY-MM-DDTHH:MM:SS" (UTC); a bounded cache, emptied when full.
+#: The times formatted are mostly near now (event, decision and expiry times), so few
+#: seconds recur a lot.
+_SECONDS: dict[int, str] = {}
+_SECONDS_KEPT = 4096
+#: The fast path's range: from the epoch to a second before 9999-12-31T23:59:59.
+_FAST_MAX = 253402300798.0
+
+
+def _second(seconds: int) -> str:
+    if len(_SECONDS) >= _SECONDS_KEPT:
+        _SECONDS.clear()
+    text = _SECONDS[seconds] = _format_time(seconds)[:19]
+    return text
+
+
+def format_time(epoch: float) -> str:
+    """Epoch seconds -> RFC 3339 in UTC with millisecond precision.
+
+    The same text as ``_format_time`` (``datetime.fromtimestamp``) for every input,
+    about twice as fast: it runs several times per event. Like ``fromtimestamp``,
+    the fraction is rounded half-even to microseconds, then truncated to milliseconds.
+    """
+    kind = type(epoch)
+    if kind is float and 0.0 <= epoch < _FAST_MAX:
+        fraction, whole = math.modf(epoch)
+        micros = round(fraction * 1e6)
+        seconds = int(whole)
+        if micros >= 1_000_000:
+            micros -= 1_000_000
+            seconds += 1
+    elif kind is int and 0 <= epoch < _FAST_MAX:
+        seconds, micros = int(epoch), 0
+    else:
+        return _format_time(epoch)  # NaN, negative, out of range, other types: as ever
+    return f"{_SECONDS.get(seconds) or _second(seconds)}.{micros // 1000:03d}Z"
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,7 +155,18 @@ class CustomerState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CustomerState:
-        return cls(**data)
+        if cls is not CustomerState or data.keys() != _STATE_FIELDS:
+            return cls(**data)  # an older record (defaults fill in) or a wrong one (raises)
+        # A stored record has every field: set them directly, twice as fast as
+        # ``cls(**data)`` (keyword matching of 21 arguments), with the same result.
+        state = object.__new__(cls)
+        for name in _STATE_FIELD_NAMES:
+            setattr(state, name, data[name])
+        return state
+
+
+_STATE_FIELD_NAMES: tuple[str, ...] = CustomerState.__slots__
+_STATE_FIELDS = frozenset(_STATE_FIELD_NAMES)
 
 
 @dataclass(slots=True, frozen=True)

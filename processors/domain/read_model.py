@@ -120,6 +120,13 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
     return writes
 
 
-def timeline_write(customer_id: str, timeline: list[dict[str, object]]) -> ReadModelWrite:
-    """``omni:timeline:<id>``: the recent interactions, newest first (call center, branch)."""
-    return ReadModelWrite(timeline_key(customer_id), orjson.dumps(timeline))
+def timeline_write(
+    customer_id: str, timeline: list[dict[str, object]], encoded: bytes | None = None
+) -> ReadModelWrite:
+    """``omni:timeline:<id>``: the recent interactions, newest first (call center, branch).
+
+    ``encoded``: ``orjson.dumps(timeline)`` when the caller has it already (it stored
+    the timeline), so it is not encoded twice.
+    """
+    value = orjson.dumps(timeline) if encoded is None else encoded
+    return ReadModelWrite(timeline_key(customer_id), value)

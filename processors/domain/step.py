@@ -10,7 +10,7 @@ for timers that came due (deferred triggers, "ignored" checks).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,8 @@ from processors.rulebook import Match, RuleSet
 
 #: Touchpoint channel of a response -> the messaging channel it tells us she prefers.
 RESPONSE_CHANNEL_PREFERENCE = {"sms": "sms", "email": "email", "mobile": "push"}
+#: ``ContactState().to_dict()``: a customer who was never sent marketing.
+EMPTY_CONTACT: dict[str, Any] = {"sent": [], "responses": {}, "paused_until": {}}
 AIRPORT_WINDOW = 30 * DAY
 AIRPORT_KEEP = 16
 
@@ -77,7 +79,9 @@ def step(
         state = CustomerState.new(events[0].customer_id)
     out = StepOutputs(timeline=list(timeline) if timeline is not None else None)
     today = int(now // DAY)
-    contact = cp.ContactState.from_dict(state.contact)
+    # Most customers have no contact history: skip the copy (from_dict of it is empty).
+    empty = not state.contact or state.contact == EMPTY_CONTACT
+    contact = cp.ContactState() if empty else cp.ContactState.from_dict(state.contact)
     for event in events:
         if not _remember(state, event.event_id, today, ctx.policy, out):
             out.duplicates += 1
@@ -86,7 +90,8 @@ def step(
         _note_response(state, contact, event, ctx, out)
         if ctx.ruleset.listens_to(event.type):
             event_ctx = event_context(event, ctx)
-            state_ctx = state_context(state, out.timeline, ctx, event.occurred_at)
+            fields = ctx.ruleset.state_fields.get(event.type, frozenset())
+            state_ctx = state_context(state, out.timeline, ctx, event.occurred_at, fields)
             _cancel_rule_timers(state, event_ctx, state_ctx, ctx, now, out)
             evaluation = ctx.ruleset.evaluate(event_ctx, state_ctx, now)
             out.rule_errors.extend(evaluation.errors)
@@ -95,8 +100,10 @@ def step(
         _note_journey(state, event, ctx)
         if out.timeline is not None:
             out.timeline = add_to_timeline(out.timeline, [event], ctx.timeline_length)
-    cp.prune(contact, now, ctx.contact)
-    state.contact = contact.to_dict()
+    if contact.sent or contact.responses or contact.paused_until or state.contact != EMPTY_CONTACT:
+        cp.prune(contact, now, ctx.contact)
+        state.contact = contact.to_dict()
+    # else: no contact history, stored as such already (most customers): nothing to prune.
     prune_expired(state, now)
     # Held-out offers and any offer left unwatched are forgotten a day after expiry.
     for offer_id, offer in list(state.offers.items()):
@@ -151,25 +158,34 @@ def state_context(
     timeline: list[dict[str, Any]] | None = None,
     ctx: StepContext | None = None,
     at: float = 0.0,
+    fields: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """The customer as rules see it (before the current event at ``at``)."""
+    """The customer as rules see it (before the current event at ``at``).
+
+    ``fields`` (``RuleSet.state_fields``): the only fields the rules read; the
+    derived ones (lead score, preferred channel) are then computed only if read.
+    """
     window = ctx.lead_window if ctx else 30 * DAY
-    return {
+    view: dict[str, Any] = {
         "cart": state.cart,
         "coupons": state.coupons,
         "appointments": state.appointments,
-        "lead_score": lead_score(state, at, window),
         "lead_threshold": ctx.lead_threshold if ctx else 50.0,
-        "lead_interactions": [entry[1] for entry in state.lead if entry[0] > at - window],
         "customer_id": state.customer_id,
         "traits": state.traits,
         "products": state.products,
         "last_country": state.last_country,
         "entitlements": state.entitlements,
         "airport_withdrawals": state.airport_withdrawals,
-        "preferred_channel": preferred_channel(state),
         "timeline": timeline or [],
     }
+    if fields is None or "lead_score" in fields:
+        view["lead_score"] = lead_score(state, at, window)
+    if fields is None or "lead_interactions" in fields:
+        view["lead_interactions"] = [entry[1] for entry in state.lead if entry[0] > at - window]
+    if fields is None or "preferred_channel" in fields:
+        view["preferred_channel"] = preferred_channel(state)
+    return view
 
 
 def preferred_channel(state: CustomerState) -> str | None:

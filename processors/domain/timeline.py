@@ -8,11 +8,13 @@ record the rules read stays small.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from processors.domain.model import Event, format_time
 
 Entry = dict[str, Any]
+_AT = itemgetter("at")
 
 
 def _profile(p: dict[str, Any]) -> str:
@@ -64,5 +66,5 @@ def add_to_timeline(timeline: list[Entry], events: Sequence[Event], cap: int) ->
         return timeline
     # RFC 3339 in UTC with fixed precision sorts as text; the sort is stable, so at
     # equal times the later arrival stays first.
-    merged = sorted([*reversed(fresh), *timeline], key=lambda entry: entry["at"], reverse=True)
+    merged = sorted([*reversed(fresh), *timeline], key=_AT, reverse=True)
     return merged[:cap]

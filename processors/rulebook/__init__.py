@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -39,7 +39,7 @@ def epoch(timestamp: str) -> float:
 
 
 #: Functions rules may call besides CEL's standard library.
-FUNCTIONS: dict[str, Any] = {"epoch": epoch}
+FUNCTIONS: dict[str, Callable[..., Any]] = {"epoch": epoch}
 
 
 class _RuleLoader(yaml.SafeLoader):
@@ -142,14 +142,88 @@ class Evaluation:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-#: ``state.<field>`` in an expression; any other use of ``state`` needs the whole record.
-_STATE_FIELD = re.compile(r"\bstate\.([A-Za-z_][A-Za-z0-9_]*)")
-_WHOLE_STATE = re.compile(r"\bstate\b(?!\.[A-Za-z_])")
+#: What of a value expressions read: ``None``, all of it; a dict, only those keys (each
+#: with what of it they read). Converting values to CEL is most of the cost of evaluating
+#: rules, so a context holds only what its expressions can see.
+Shape = dict[str, "Shape"] | None
+
+#: The variables a rule context can have.
+_VARIABLE = re.compile(r"\b(event|state|now|delays|timer)\b")
+#: ``.<name>`` after a variable or field; group 2 set: a method call (``.size()``, ``.exists(``)
+#: or a comment that could hide one, so the value before it is read whole.
+_SELECT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)(\s*(?:\(|//))?")
 
 
-def _expressions(rule: CompiledRule) -> Iterable[Expression]:
+def _paths(text: str) -> Iterator[tuple[str, ...]]:
+    """Each use of a variable in ``text``: the chain of field selections it reads whole.
+
+    ``state.traits.home_country`` reads that field (and ``has()`` tests it): only that
+    key of ``traits`` is needed. Anything else after a chain (an operator, ``[...]``, a
+    method call, ``in``, whitespace before a dot) ends it, and the value reached is read
+    whole. Over-reading is harmless, so the text is scanned as is: a variable's name in a
+    string literal or as a field name only keeps more than needed.
+    """
+    for variable in _VARIABLE.finditer(text):
+        path = [variable.group(1)]
+        at = variable.end()
+        while (select := _SELECT.match(text, at)) is not None and select.group(2) is None:
+            path.append(select.group(1))
+            at = select.end()
+        yield tuple(path)
+
+
+def _reads(expressions: Iterable[Expression]) -> dict[str, Shape]:
+    """Variable name -> what of it these expressions read; an unread variable is absent."""
+    tree: dict[str, Shape] = {}
+    for expression in expressions:
+        for path in _paths(expression.text):
+            node = tree
+            for depth, key in enumerate(path):
+                if key in node and node[key] is None:
+                    break  # already read whole
+                if depth == len(path) - 1:
+                    node[key] = None
+                    break
+                child = node.setdefault(key, {})
+                assert child is not None
+                node = child
+    return tree
+
+
+def _covers(have: Shape, need: Shape) -> bool:
+    """Does a value pruned to ``have`` hold everything of ``need``?"""
+    if have is None:
+        return True
+    if need is None:
+        return False
+    return all(key in have and _covers(have[key], sub) for key, sub in need.items())
+
+
+def _merge(one: Shape, other: Shape) -> Shape:
+    """What reads of both shapes need."""
+    if one is None or other is None:
+        return None
+    merged = dict(one)
+    for key, shape in other.items():
+        merged[key] = _merge(one[key], shape) if key in one else shape
+    return merged
+
+
+def _prune(value: Any, shape: Shape) -> Any:
+    """``value`` with only what ``shape`` reads: a missing key stays missing (``has()``
+    is false, a selection fails as before), a value that is not a dict is kept whole."""
+    if shape is None or type(value) is not dict:
+        return value
+    pruned = {}
+    for key, sub in shape.items():
+        if key in value:
+            pruned[key] = value[key] if sub is None else _prune(value[key], sub)
+    return pruned
+
+
+def _rest(rule: CompiledRule) -> Iterable[Expression]:
+    """The expressions evaluated once ``when`` held."""
     for expression in (
-        rule.when,
         rule.eligibility,
         rule.channel_from,
         rule.cooldown_subject,
@@ -161,6 +235,12 @@ def _expressions(rule: CompiledRule) -> Iterable[Expression]:
     ):
         if expression is not None:
             yield expression
+
+
+def _expressions(rule: CompiledRule) -> Iterable[Expression]:
+    """Every expression of a match (not ``cancel_when``, which has its own context)."""
+    yield rule.when
+    yield from _rest(rule)
 
 
 @dataclass(frozen=True)
@@ -222,36 +302,62 @@ class RuleSet:
         return next((rule for rule in self.rules if rule.id == rule_id), None)
 
     def context(self, event: dict[str, Any], state: dict[str, Any], now: float) -> Any:
-        """The CEL context of one event (built once, shared by every expression).
+        """The CEL context every expression of the event's rules can be evaluated in.
 
-        Converting the state to CEL values is most of the cost of evaluating rules,
-        so only the state fields the listening rules mention are converted.
+        Converting values to CEL is most of the cost of evaluating rules, so it holds
+        only what those expressions read (:data:`Shape`).
         """
-        fields = self.state_fields.get(event["type"])
-        if fields is not None:
-            state = {name: state[name] for name in fields if name in state}
-        return cel.Context(
-            variables={"event": event, "state": state, "now": now, "delays": dict(self.delays)},
-            functions=FUNCTIONS,
-        )
+        plan = self._plans.get(event["type"])
+        needs = _Needs.everything() if plan is None else plan.full
+        return _context(needs, event, state, now, self._delays)
 
     @cached_property
     def state_fields(self) -> dict[str, frozenset[str] | None]:
-        """event type -> the state fields its rules read (None: all of them)."""
-        needed: dict[str, frozenset[str] | None] = {}
+        """event type -> the state fields read by the rules listening to it and by the
+        ``cancel_when`` of the timer rules it may cancel (None: all of them). The
+        caller need not compute the others; an event type not here reads none."""
+        reads: dict[str, list[Expression]] = {}
         for event_type, rules in self.by_type.items():
-            fields: set[str] | None = set()
-            for rule in rules:
-                for expression in _expressions(rule):
-                    if _WHOLE_STATE.search(expression.text):
-                        fields = None
-                        break
-                    assert fields is not None
-                    fields.update(_STATE_FIELD.findall(expression.text))
-                if fields is None:
-                    break
-            needed[event_type] = None if fields is None else frozenset(fields)
-        return needed
+            reads.setdefault(event_type, []).extend(e for r in rules for e in _expressions(r))
+        for event_type, rules in self.cancellers.items():
+            reads.setdefault(event_type, []).extend(
+                r.cancel_when for r in rules if r.cancel_when is not None
+            )
+        fields: dict[str, frozenset[str] | None] = {}
+        for event_type, expressions in reads.items():
+            state = _reads(expressions).get("state", {})
+            fields[event_type] = None if state is None else frozenset(state)
+        return fields
+
+    @cached_property
+    def _plans(self) -> dict[str, _Plan]:
+        return {
+            event_type: _Plan(
+                rules,
+                _Needs.of(rule.when for rule in rules),
+                _Needs.of(e for rule in rules for e in _expressions(rule)),
+            )
+            for event_type, rules in self.by_type.items()
+        }
+
+    @cached_property
+    def _delays(self) -> dict[str, float]:
+        return dict(self.delays)
+
+    @cached_property
+    def _cancel_needs(self) -> dict[str, _Needs]:
+        return {
+            rule.id: _Needs.of([rule.cancel_when])
+            for rules in self.cancellers.values()
+            for rule in rules
+            if rule.cancel_when is not None
+        }
+
+    @cached_property
+    def _followups(self) -> dict[tuple[str, ...], tuple[_Needs, _Needs]]:
+        """Ids of rules whose ``when`` held -> what their other expressions read, and
+        what of that the ``when`` context lacks. Filled as combinations occur; few do."""
+        return {}
 
     def cancels(
         self,
@@ -264,33 +370,223 @@ class RuleSet:
         """Does this event cancel this timer of ``rule``? (A failing expression: no.)"""
         if rule.cancel_when is None:
             return True
-        variables = {
-            "event": event,
-            "state": state,
-            "now": now,
-            "delays": dict(self.delays),
-            "timer": timer,
-        }
+        needs = self._cancel_needs.get(rule.id)
+        if needs is None:
+            needs = _Needs.of([rule.cancel_when])
         try:
-            return rule.cancel_when(cel.Context(variables=variables, functions=FUNCTIONS)) is True
+            context = _context(needs, event, state, now, self._delays, timer)
+            return rule.cancel_when(context) is True
         except Exception:
             return False
 
     def evaluate(self, event: dict[str, Any], state: dict[str, Any], now: float) -> Evaluation:
+        """Every listening rule's match or error, in rule order.
+
+        In two steps, to convert less: the ``when`` conditions first, in a context of
+        what they read (or their outcome for the same values, remembered: see
+        :class:`_Memo`); then, only for the rules that held, their other expressions,
+        in that context once what they read beyond it is (re)added.
+        """
         result = Evaluation()
-        rules = self.by_type.get(event["type"])
-        if not rules:
+        plan = self._plans.get(event["type"])
+        if plan is None:
             return result
-        context = self.context(event, state, now)
-        for rule in rules:
-            try:
-                match = _evaluate(rule, context, event)
-            except Exception as exc:  # a rule bug must not stop the customer's events
-                result.errors.append((rule.id, f"{type(exc).__name__}: {exc}"))
+        variables = _variables(plan.when, event, state, now, self._delays)
+        key = plan.memo.key(variables)
+        pending = plan.memo.get(key)
+        context = None
+        if pending is None:
+            context = cel.Context(variables=variables, functions=plan.when.functions)
+            pending = _whens(plan.rules, context)
+            plan.memo.put(key, pending)
+        held = tuple(rule.id for rule, error in pending if error is None)
+        if not held:
+            result.errors.extend((rule.id, error) for rule, error in pending if error)
+            return result
+        followup = self._followups.get(held)
+        if followup is None:
+            rest = _Needs.of(e for rule, error in pending if error is None for e in _rest(rule))
+            followup = self._followups[held] = (rest, plan.when.missing(rest))
+        if context is None:
+            context = _context(followup[0], event, state, now, self._delays)
+        else:
+            # add_variable replaces a variable: the ones already complete stay converted.
+            more = followup[1]
+            for name, value in _variables(more, event, state, now, self._delays).items():
+                context.add_variable(name, value)
+            for name, function in (more.functions or {}).items():
+                context.add_function(name, function)
+        for rule, error in pending:
+            if error is not None:
+                result.errors.append((rule.id, error))
                 continue
-            if match is not None:
-                result.matches.append(match)
+            try:
+                result.matches.append(_match(rule, context, event))
+            except Exception as exc:
+                result.errors.append((rule.id, _failure(exc)))
         return result
+
+
+#: (rule, None) when its ``when`` held, (rule, what failed) when it raised; rules whose
+#: ``when`` was false are left out.
+Outcome = tuple[tuple[CompiledRule, str | None], ...]
+
+
+def _whens(rules: Iterable[CompiledRule], context: Any) -> Outcome:
+    outcome: list[tuple[CompiledRule, str | None]] = []
+    for rule in rules:
+        try:
+            if _holds(rule, context):
+                outcome.append((rule, None))
+        except Exception as exc:  # a rule bug must not stop the customer's events
+            outcome.append((rule, _failure(exc)))
+    return tuple(outcome)
+
+
+#: orjson options for memo keys: values orjson would write as if they were JSON but that
+#: CEL sees otherwise (datetimes, dataclasses, subclasses of str, int, dict, list) raise.
+_KEY_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+class _Memo:
+    """The outcome of an event type's ``when`` conditions by the values they read.
+
+    Converting values to CEL costs far more than looking their JSON up, and the
+    few fields a condition reads (a country, a call type, a score) often repeat.
+    The outcome is a function of those values alone (CEL and :data:`FUNCTIONS`
+    are pure; the rule set never changes), so a remembered one is what evaluating
+    again would give, errors included. The key is the values' JSON: values JSON
+    cannot tell apart (``null`` also stands for NaN and the infinities) or cannot
+    write are not remembered. Bounded; switched off for an event type whose values
+    do not repeat enough (a timestamp among them) to pay for the keys.
+    """
+
+    __slots__ = ("enabled", "hits", "lookups", "outcomes")
+
+    KEEP = 4096
+    TRIAL = 1024
+    MIN_HIT_SHARE = 0.25
+
+    def __init__(self) -> None:
+        self.outcomes: dict[bytes, Outcome] = {}
+        self.enabled = True
+        self.lookups = 0
+        self.hits = 0
+
+    def key(self, variables: dict[str, Any]) -> bytes | None:
+        if not self.enabled:
+            return None
+        try:
+            key = orjson.dumps(variables, option=_KEY_OPTIONS)
+        except TypeError:
+            return None
+        return None if b"null" in key else key
+
+    def get(self, key: bytes | None) -> Outcome | None:
+        if key is None:
+            return None
+        self.lookups += 1
+        found = self.outcomes.get(key)
+        if found is not None:
+            self.hits += 1
+        elif self.lookups >= self.TRIAL and self.hits < self.lookups * self.MIN_HIT_SHARE:
+            self.enabled = False
+            self.outcomes.clear()
+        return found
+
+    def put(self, key: bytes | None, outcome: Outcome) -> None:
+        if key is None or not self.enabled:
+            return
+        if len(self.outcomes) >= self.KEEP:
+            self.outcomes.clear()
+        self.outcomes[key] = outcome
+
+
+@dataclass(slots=True, frozen=True)
+class _Needs:
+    """What some expressions read: variables (:data:`Shape`) and our functions."""
+
+    variables: Mapping[str, Shape]
+    #: The functions of :data:`FUNCTIONS` they call (None: none).
+    functions: dict[str, Callable[..., Any]] | None
+
+    @classmethod
+    def of(cls, expressions: Iterable[Expression]) -> _Needs:
+        listed = list(expressions)
+        called = {name for e in listed for name in e.program.functions()}
+        functions = {name: f for name, f in FUNCTIONS.items() if name in called}
+        return cls(_reads(listed), functions or None)
+
+    @classmethod
+    def everything(cls) -> _Needs:
+        return cls(dict.fromkeys(("event", "state", "now", "delays")), FUNCTIONS)
+
+    def missing(self, other: _Needs) -> _Needs:
+        """What a context of ``self`` must get to also serve ``other``: each variable it
+        lacks something of, with what both read, and the functions it lacks."""
+        variables = {
+            name: _merge(self.variables[name], shape) if name in self.variables else shape
+            for name, shape in other.variables.items()
+            if name not in self.variables or not _covers(self.variables[name], shape)
+        }
+        mine = self.functions or {}
+        functions = {n: f for n, f in (other.functions or {}).items() if n not in mine}
+        return _Needs(variables, functions or None)
+
+
+@dataclass(slots=True, frozen=True)
+class _Plan:
+    """How the rules of one event type are evaluated."""
+
+    rules: tuple[CompiledRule, ...]
+    #: What their ``when`` conditions read, and what all their expressions read.
+    when: _Needs
+    full: _Needs
+    memo: _Memo = field(default_factory=_Memo)
+
+
+def _context(
+    needs: _Needs,
+    event: dict[str, Any],
+    state: dict[str, Any],
+    now: float,
+    delays: dict[str, float],
+    timer: dict[str, Any] | None = None,
+) -> Any:
+    """A CEL context with only what ``needs`` reads; ``timer`` only for ``cancel_when``."""
+    variables = _variables(needs, event, state, now, delays, timer)
+    return cel.Context(variables=variables, functions=needs.functions)
+
+
+def _variables(
+    needs: _Needs,
+    event: dict[str, Any],
+    state: dict[str, Any],
+    now: float,
+    delays: dict[str, float],
+    timer: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    reads = needs.variables
+    variables: dict[str, Any] = {}
+    if "event" in reads:
+        variables["event"] = _prune(event, reads["event"])
+    if "state" in reads:
+        variables["state"] = _prune(state, reads["state"])
+    if "now" in reads:
+        variables["now"] = now
+    if "delays" in reads:
+        variables["delays"] = _prune(delays, reads["delays"])
+    if timer is not None and "timer" in reads:
+        variables["timer"] = _prune(timer, reads["timer"])
+    return variables
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def load_ruleset(directory: Path, delays: Mapping[str, float] | None = None) -> RuleSet:
@@ -413,12 +709,15 @@ def _compile(source: str, raw: dict[str, Any], delays: Mapping[str, float]) -> C
 # --- evaluating ------------------------------------------------------------------------------
 
 
-def _evaluate(rule: CompiledRule, context: Any, event: dict[str, Any]) -> Match | None:
+def _holds(rule: CompiledRule, context: Any) -> bool:
     holds = rule.when(context)
     if not isinstance(holds, bool):
         raise TypeError(f"'when' returned {type(holds).__name__}, not a bool ({rule.when.text})")
-    if not holds:
-        return None
+    return holds
+
+
+def _match(rule: CompiledRule, context: Any, event: dict[str, Any]) -> Match:
+    """What a rule whose ``when`` held wants to send."""
     eligible = True
     if rule.eligibility is not None:
         eligible = rule.eligibility(context)

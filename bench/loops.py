@@ -321,18 +321,24 @@ def run_loop(
     committer.maybe(force=True)
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.loops")
-    parser.add_argument("variant", choices=["ceiling", "hand"])
-    parser.add_argument("--group", required=True)
+def child_arguments(prog: str) -> argparse.ArgumentParser:
+    """The command line every throughput child (b..e) shares with the harness."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--group", required=True, help="consumer group")
     parser.add_argument("--expect", type=int, default=0, help="stop after N events (0: SIGTERM)")
-    parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--ready", type=Path, help="file written once partitions are assigned")
+    parser.add_argument("--ready", type=Path, help="file written once it can consume")
     parser.add_argument("--done", type=Path, help="file written once N events are processed")
     parser.add_argument(
         "--window", type=float, default=0.0, help="stop after this many seconds (0: no limit)"
     )
+    return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = child_arguments("python -m bench.loops")
+    parser.add_argument("variant", choices=["ceiling", "hand"])
+    parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--out-topic", help="(ceiling) where the records go")
     parser.add_argument("--changelog-topic", help="(hand) state changelog topic")
     parser.add_argument("--state-dir", type=Path, help="(hand) RocksDB directory")

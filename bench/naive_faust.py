@@ -40,7 +40,7 @@ import faust
 import redis.asyncio as aioredis
 from faust.types import StreamT, TopicT
 
-from bench.loops import Clock, LoopResult, write_result
+from bench.loops import Clock, LoopResult, child_arguments, write_result
 from bench.perevent import Consumed, EventWork
 from processors.app import RAW_ARGS
 from processors.domain.read_model import ReadModelWrite
@@ -205,13 +205,7 @@ class NaiveFaust:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.naive_faust")
-    parser.add_argument("--group", required=True, help="consumer group = Faust app id")
-    parser.add_argument("--expect", type=int, default=0, help="stop after N events (0: SIGTERM)")
-    parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--ready", type=Path, help="file written once the app can consume")
-    parser.add_argument("--done", type=Path, help="file written once N events are processed")
-    parser.add_argument("--window", type=float, default=0.0, help="stop after S seconds (0: N)")
+    parser = child_arguments("python -m bench.naive_faust")
     parser.add_argument("--state-dir", type=Path, required=True, help="Faust data dir")
     return parser.parse_args(argv)
 

@@ -60,7 +60,7 @@ from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.models.topics import TopicAdmin, TopicManager
 from quixstreams.sinks import BatchingSink, SinkBatch
 
-from bench.loops import Clock, LoopResult, write_result
+from bench.loops import Clock, LoopResult, child_arguments, write_result
 from bench.perevent import Consumed, EventWork, Outcome, Output
 from processors.domain.read_model import ReadModelWrite
 from processors.projection import queue_writes
@@ -233,13 +233,7 @@ class QuixVariant:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.quix_loop")
-    parser.add_argument("--group", required=True, help="consumer group")
-    parser.add_argument("--expect", type=int, default=0, help="stop after N events (0: SIGTERM)")
-    parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--ready", type=Path, help="file written once partitions are assigned")
-    parser.add_argument("--done", type=Path, help="file written once N events are processed")
-    parser.add_argument("--window", type=float, default=0.0, help="stop after S seconds (0: N)")
+    parser = child_arguments("python -m bench.quix_loop")
     parser.add_argument("--state-dir", type=Path, required=True, help="Quix state dir")
     return parser.parse_args(argv)
 

@@ -149,21 +149,18 @@ class CustomerProcessor:
 
     # --- timers ---------------------------------------------------------------------------
 
-    def rebuild_due(self, partitions: set[int], partition_of: Callable[[bytes], int]) -> int:
+    def rebuild_due(self, partitions: set[int]) -> int:
         """Index every customer with timers in ``partitions`` (after an assignment change)."""
         self.due = {p: DueIndex() for p in partitions}
         indexed = 0
-        for key, value in self.records.table.items():
-            if _NO_TIMERS in value:
-                continue
-            partition = partition_of(key)
-            index = self.due.get(partition)
-            if index is None:
-                continue
-            when = next_due(orjson.loads(value).get("timers") or [])
-            if when is not None:
-                index.update(key, when)
-                indexed += 1
+        for partition, index in self.due.items():
+            for key, value in self.records.scan(partition):
+                if _NO_TIMERS in value:
+                    continue
+                when = next_due(orjson.loads(value).get("timers") or [])
+                if when is not None:
+                    index.update(key, when)
+                    indexed += 1
         self.metrics.timers_pending.set(indexed)
         return indexed
 

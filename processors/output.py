@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from faust.types import TP, TableT
-from rocksdict import WriteBatch
+from rocksdict import ReadOptions, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,20 @@ class TableWriter:
             return pending[key]
         value: bytes | None = self._store._db_for_partition(partition).get(key)
         return value
+
+    def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every record of one partition, read past the block cache.
+
+        A full scan through the cache (Faust opens each partition's RocksDB with a
+        2 GiB one) grew a 1M-customer worker's RSS by 1.7 GiB in the bench.
+        """
+        store = self._store
+        options = ReadOptions()
+        options.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks the flag
+        offset_key = store.offset_key
+        for key, value in store._db_for_partition(partition).items(read_opt=options):
+            if key != offset_key:  # Faust's own bookkeeping record
+                yield key, value
 
     def put(self, key: bytes, value: bytes | None, partition: int) -> None:
         self._pending.setdefault(partition, {})[key] = value

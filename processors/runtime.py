@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
-from aiokafka.partitioner import murmur2
 from mode import Service
 
 from processors.rulebook import try_reload
@@ -101,7 +100,6 @@ class WorkerRuntime(Service):
         pipeline = self.app.pipeline
         interval = pipeline.settings.timer_tick_seconds
         topic = pipeline.settings.customer_events_topic
-        partitions = pipeline.settings.partitions
         while not self.should_stop:
             await self.sleep(interval)
             if not self.is_ready():
@@ -113,9 +111,7 @@ class WorkerRuntime(Service):
                 )
                 if assigned != self._indexed_partitions:
                     started = time.monotonic()
-                    indexed = pipeline.customer.rebuild_due(
-                        set(assigned), lambda key: (murmur2(key) & 0x7FFFFFFF) % partitions
-                    )
+                    indexed = pipeline.customer.rebuild_due(set(assigned))
                     self._indexed_partitions = assigned
                     log.info(
                         "Timer index rebuilt for partitions %s: %d customers in %.2fs",

@@ -49,7 +49,7 @@ METHOD = (
     "BatchingSink writing one pipeline per checkpoint; window from assignment to the first "
     "checkpoint (sink flush) after N events. (d) and (e) run (b)'s per-event steps through "
     "bench/perevent.py, one event per step() call.",
-    "Slow window: a variant that has not drained the backlog --slow-window seconds (default 60; "
+    "Slow window: a variant that has not drained the backlog --slow-window seconds (default 90; "
     "0 = no limit) after its window opened stops there, and its events/s is over the events it "
     "processed in that window ('events timed'), not over the whole backlog; 'triggers' then "
     "counts that part only. The worker's counter is read at its progress poll.",

@@ -65,7 +65,7 @@ class OutputProducer:
                 "queue.buffering.max.messages": 1_000_000,
                 "queue.buffering.max.kbytes": 1_048_576,
                 "batch.num.messages": 10_000,
-                "on_delivery": self._check,
+                "on_delivery": self.check_delivery,
             }
         )
         self._produce = self._producer.produce
@@ -85,26 +85,19 @@ class OutputProducer:
         ``partition`` -1 lets the partitioner choose; ``timestamp_ms`` 0 means now;
         without ``on_delivery`` the producer's own check reports failures.
         """
-        # Positional: building keyword arguments per record was visible in the profile.
-        try:
-            self._produce(topic, value, key, partition, on_delivery, None, timestamp_ms)
-        except BufferError:
-            # A million records queued: the broker is behind. Serve deliveries until
-            # there is room (this is the back-pressure on the agents).
-            while True:
+        while True:
+            try:
+                # Positional: building keyword arguments per record showed in the profile.
+                self._produce(topic, value, key, partition, on_delivery, None, timestamp_ms)
+                return
+            except BufferError:
+                # A million records queued: the broker is behind. Serve deliveries until
+                # there is room (this is the back-pressure on the agents).
                 self._producer.poll(0.05)
-                try:
-                    self._produce(topic, value, key, partition, on_delivery, None, timestamp_ms)
-                    return
-                except BufferError:
-                    continue
 
     def poll(self) -> None:
         """Serve delivery callbacks; the agents call it once per batch."""
         self._producer.poll(0)
-
-    def queued(self) -> int:
-        return len(self._producer)
 
     async def flush(self) -> None:
         """Wait until every queued record is acknowledged; raise if one failed.
@@ -127,7 +120,8 @@ class OutputProducer:
         """Flush what is queued (blocking); returns how many records were left undelivered."""
         return int(self._producer.flush(timeout))
 
-    def _check(self, err: KafkaError | None, message: Message) -> None:
+    def check_delivery(self, err: KafkaError | None, message: Message) -> None:
+        """Note a failed delivery; the next flush raises it."""
         if err is not None:
             self._failure = (
                 f"record for {message.topic()}[{message.partition()}] was not delivered: {err}; "
@@ -141,7 +135,7 @@ def checked(callback: DeliveryCallback, producer: OutputProducer) -> DeliveryCal
     """A per-record callback that still reports failures to ``producer``."""
 
     def on_delivery(err: KafkaError | None, message: Message) -> None:
-        producer._check(err, message)
+        producer.check_delivery(err, message)
         if err is None:
             callback(err, message)
 
@@ -215,7 +209,7 @@ class TableWriter:
         # What Faust's own changelog callback does: recovery after a restart starts
         # after this offset, since RocksDB already holds everything up to it.
         if err is not None:
-            self.producer._check(err, message)
+            self.producer.check_delivery(err, message)
             return
         try:
             self._store.set_persisted_offset(

@@ -20,10 +20,12 @@ from faust.types.transports import TransportT
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processors.batching import adaptive_batches, without_acks
+from processors.checkpoint import Checkpoint, CheckpointedTable, CommittedOffsets
 from processors.customer import CustomerProcessor
 from processors.domain.contact import ContactPolicy
 from processors.domain.policy import DAY, Policy
 from processors.domain.step import StepContext
+from processors.health import PartitionProgress
 from processors.ingest import Ingest
 from processors.metrics import Metrics
 from processors.monitor import LeanMonitor
@@ -58,8 +60,13 @@ class Pipeline:
     writer: ReadModelWriter
     #: Every record the worker emits goes through it; flushed before each commit.
     producer: OutputProducer
+    #: Orders outputs, offset commits and local state (processors/checkpoint.py).
+    checkpoint: Checkpoint
     source_topics: frozenset[str]
     customer: CustomerProcessor
+    #: Health: processed/committed/highwater offsets per source partition; /livez
+    #: fails on a stalled one. Agents call processed(), the commit path committed().
+    progress: PartitionProgress
 
 
 class OmniApp(faust.App):
@@ -112,6 +119,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
+        # Static membership: a restarted worker (SIGKILL or SIGTERM) rejoins as the same
+        # member and gets its partitions back without waiting out a session timeout; a
+        # worker that is gone for good loses them after a short session timeout.
+        consumer_group_instance_id=settings.group_instance_id(),
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.session_timeout_seconds / 4,
         # Health endpoints are served by WorkerRuntime (also during recovery).
         web_enabled=False,
         # Commit often: offsets only move once the read model has the batch.
@@ -125,6 +138,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         broker_max_poll_records=max(1, settings.batch_max_events // 2),
         monitor=LeanMonitor(),
         table_standby_replicas=0,
+        # Tables on a store whose recovery skips records of uncommitted checkpoints.
+        Table=CheckpointedTable,
+        # A revocation completes or discards the pending checkpoint itself
+        # (BulkDeliveryConsumer.on_partitions_revoked); Faust's wait for every
+        # delivered event to be acked would hang a rebalance while Redis is down.
+        stream_wait_empty=False,
         # Raw bytes everywhere: a decode error inside Faust's stream would crash
         # the agent before our per-event error handling could dead-letter it.
         key_serializer="raw",
@@ -149,6 +168,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
             key_type=bytes,
             value_type=bytes,
             options=dict(store_options),  # Faust pops keys from it: one copy each
+            # Recovery skips records of uncommitted checkpoints; the value before such a
+            # record must still exist, so compaction leaves recent records alone.
+            extra_topic_configs={
+                "min.compaction.lag.ms": int(settings.changelog_min_compaction_lag_seconds * 1000)
+            },
         )
 
     table = state_table("customers")
@@ -160,6 +184,21 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
     )
     producer = OutputProducer(settings.kafka_client_config(), settings.producer_linger_ms)
+    records = TableWriter(table, producer)
+    timeline_records = TableWriter(timelines, producer)
+    stats_records = TableWriter(stats, producer)
+    progress = PartitionProgress()
+    checkpoint = Checkpoint(
+        producer,
+        (records, timeline_records, stats_records),
+        settings.customer_events_topic,
+        CommittedOffsets(
+            settings.kafka_client_config(), settings.app_id, settings.customer_events_topic
+        ),
+        settings.max_pending_events,
+        on_committed=progress.committed,
+        on_skipped=metrics.changelog_records_skipped.inc,
+    )
     ingest = Ingest(
         settings,
         EventValidator(),
@@ -173,10 +212,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         ctx=step_context(settings, ruleset),
         metrics=metrics,
         producer=producer,
-        records=TableWriter(table, producer),
-        timelines=TableWriter(timelines, producer),
-        stats=TableWriter(stats, producer),
+        checkpoint=checkpoint,
+        records=records,
+        timelines=timeline_records,
+        stats=stats_records,
         trigger_topics={c: settings.trigger_topic(c) for c in TRIGGER_CHANNELS},
+        customer_events_topic=settings.customer_events_topic,
         decision_topic=settings.decision_topic,
         deadletter_topic=settings.deadletter_topic,
         writer=writer,
@@ -188,8 +229,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         table=table,
         writer=writer,
         producer=producer,
+        checkpoint=checkpoint,
         source_topics=frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
         customer=customer,
+        progress=progress,
     )
     batch_size = metrics.batch_events
     batch_seconds = metrics.batch_seconds
@@ -200,6 +243,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         async for batch in adaptive_batches(stream, settings.batch_max_events):
             with batch_seconds("ingest").time():
                 ingest.process(batch)
+                progress.processed_events(batch)
                 producer.poll()
             batch_size("ingest").observe(len(batch))
             for event in batch:
@@ -209,13 +253,18 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     async def customer_agent(stream: StreamT[bytes]) -> None:
         stream = without_acks(stream)
         async for batch in adaptive_batches(stream, settings.batch_max_events):
+            # Back-pressure: too many processed events wait for a commit (Redis down).
+            await checkpoint.room()
 
-            async def ack(batch: list[Any] = batch) -> None:
+            async def ack(batch: list[Any] = batch, epoch: int = checkpoint.epoch) -> None:
+                if epoch != checkpoint.epoch:
+                    return  # discarded at a revocation: its events are redone, not acked
                 for event in batch:
                     await stream.ack(event)
 
             with batch_seconds("customer").time():
                 customer.process(batch, ack)
+                progress.processed_events(batch)
             batch_size("customer").observe(len(batch))
 
     return app

@@ -2,32 +2,36 @@
 read-model writes out; and the timer tick.
 
 Per batch: group events by partition and customer, read each customer's state
-and timeline once, run the pure ``step``, write each changed record once (one
-RocksDB write batch per partition and one changelog record per customer per
-batch, :class:`processors.output.TableWriter`), queue triggers and decisions on
-the librdkafka producer (never awaited one by one), and hand the read-model
-writes to the Redis writer, which acks the batch once they land.
+and timeline once, run the pure ``step``, put each changed record once (one
+changelog record per customer per batch, pending in
+:class:`processors.output.TableWriter` until the checkpoint commits the batch),
+queue triggers and decisions on the librdkafka producer (never awaited one by
+one), and hand the read-model writes to the Redis writer, which acks the batch
+once they land. An event that raises is dead-lettered and leaves its customer's
+state as before it; nothing else in the batch is affected.
 
 Timers (deferred triggers, "ignored" checks) live in the customer records. The
-tick asks an in-memory due index which customers have a timer due and fires
-them inside their own partition (Faust tables are written per partition), with
-the same write-once-then-send discipline. The index is rebuilt from the table
-whenever the assignment changes, so timers survive restarts and rebalances.
+tick asks an in-memory due index which customers have a timer due and sends each
+an empty marker record on its own partition of the customer-events topic; the
+agent fires the timers when it reads the marker, so a firing is input like any
+event and is checkpointed with its effects. The index is rebuilt from the table
+after every rebalance or restart, so timers survive both.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import traceback
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 from confluent_kafka import KafkaError, Message
 from faust.types import EventT
 
+from processors.checkpoint import Checkpoint
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.domain.model import CustomerState, Event, StepOutputs, Trigger
 from processors.domain.read_model import ReadModelWrite, project, stats_key, timeline_write
@@ -52,8 +56,10 @@ def _count(counts: StatCounts, out: StepOutputs) -> None:
         counts[(rule, channel)][counter] += amount
 
 
-async def _nothing_to_ack() -> None:
-    return None
+def _is_timer_marker(event: EventT) -> bool:
+    # Timer markers are the only empty values on the customer-events topic: ingest
+    # forwards validated (non-empty) events only.
+    return not event.message.value
 
 
 @dataclass(slots=True)
@@ -62,6 +68,7 @@ class CustomerProcessor:
     ctx: StepContext
     metrics: Metrics
     producer: OutputProducer
+    checkpoint: Checkpoint
     #: The customer records (Faust table ``customers``).
     records: TableWriter
     timelines: TableWriter
@@ -69,18 +76,30 @@ class CustomerProcessor:
     stats: TableWriter
     #: channel -> trigger topic name.
     trigger_topics: dict[str, str]
+    customer_events_topic: str
     decision_topic: str
     deadletter_topic: str
     writer: ReadModelWriter
     #: partition -> due index of that partition's customers.
     due: dict[int, DueIndex] = field(default_factory=dict)
+    #: Called with (partition, last input offset) after each batch (health).
+    on_processed: Callable[[int, int], None] | None = None
 
     def process(self, events: list[EventT], ack: Callable[[], Awaitable[None]]) -> None:
         now = time.time()
+        owned = self.checkpoint.owned
         by_partition: dict[int, dict[bytes, list[EventT]]] = defaultdict(lambda: defaultdict(list))
+        last_offset: dict[int, int] = {}
+        counted: dict[int, int] = defaultdict(int)
         for event in events:
+            message = event.message
+            partition = message.partition
+            if partition not in owned:
+                continue  # revoked while this batch was gathered: its new owner redoes it
             # The ingest agent dead-letters keyless messages, so every key is set.
-            by_partition[event.message.partition][event.message.key or b""].append(event)
+            by_partition[partition][message.key or b""].append(event)
+            last_offset[partition] = max(message.offset, last_offset.get(partition, -1))
+            counted[partition] += 1
         writes: list[ReadModelWrite] = []
         for partition, customers in by_partition.items():
             due = self.due.get(partition)
@@ -91,15 +110,22 @@ class CustomerProcessor:
                 )
             if counts:
                 writes.extend(self._add_stats(partition, counts))
-        self._write_tables()
+        self._seal(last_offset, counted)
         self.metrics.processed.inc(len(events))
         self.writer.submit(writes, ack)
+        if self.on_processed is not None:
+            for partition, offset in last_offset.items():
+                self.on_processed(partition, offset)
 
-    def _write_tables(self) -> None:
-        """The batch's state, one write per customer, then serve delivery callbacks."""
-        self.records.flush()
-        self.timelines.flush()
-        self.stats.flush()
+    def _seal(self, last_offset: dict[int, int], counted: dict[int, int]) -> None:
+        """Queue the batch's changelog records (stamped with its input offsets); pending."""
+        checkpoint = self.checkpoint
+        for partition, offset in last_offset.items():
+            headers = checkpoint.header(offset)
+            self.records.seal(partition, offset, headers)
+            self.timelines.seal(partition, offset, headers)
+            self.stats.seal(partition, offset, headers)
+        checkpoint.sealed(last_offset, counted)
         self.producer.poll()
 
     def _process_customer(
@@ -111,37 +137,120 @@ class CustomerProcessor:
         due: DueIndex | None,
         counts: StatCounts,
     ) -> list[ReadModelWrite]:
+        saved = self._savepoint(key, partition)
         try:
-            parsed = [
-                Event.from_record(orjson.loads(e.message.value or b""), e.message.timestamp)
-                for e in raw_events
-            ]
-            state = self._load(key, partition)
-            stored_timeline = self.timelines.get(key, partition)
-            timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
-            state, out = step(state, parsed, self.ctx, now, timeline)
-        except Exception as exc:  # a bug for one customer must not stop the partition
-            log.exception("Customer step failed for a batch of %d events", len(raw_events))
-            for event in raw_events:
-                self._deadletter(event, exc)
-            return []
-        # Unchanged, the stored bytes are the timeline's encoding (orjson is deterministic).
-        encoded_timeline = stored_timeline
-        if out.changed:
-            self.records.put(key, orjson.dumps(state), partition)
-            if out.timeline is not None and out.timeline != timeline:
-                encoded_timeline = orjson.dumps(out.timeline)
-                self.timelines.put(key, encoded_timeline, partition)
-            if due is not None:
-                due.update(key, next_due(state.timers))
-        self._send(key, out)
-        _count(counts, out)
-        # Duplicates re-project too: after a crash, replayed events are duplicates
-        # and this is what makes the read model converge (whole values, idempotent).
-        writes = project(state, now)
-        if out.timeline:
-            writes.append(timeline_write(state.customer_id, out.timeline, encoded_timeline))
+            return self._apply(key, partition, raw_events, now, due, counts)
+        except Exception:  # one bad event must not stop the partition: find it
+            self._restore(key, partition, saved)
+        # One at a time: the events that fail are dead-lettered and leave the state as
+        # it was before them; the customer's other events are still applied.
+        writes: list[ReadModelWrite] = []
+        for event in raw_events:
+            saved = self._savepoint(key, partition)
+            try:
+                writes = self._apply(key, partition, [event], now, due, counts)
+            except Exception as exc:
+                self._restore(key, partition, saved)
+                self._failed(key, event, exc, due, now)
         return writes
+
+    def _savepoint(self, key: bytes, partition: int) -> tuple[object, object]:
+        return self.records.savepoint(key, partition), self.timelines.savepoint(key, partition)
+
+    def _restore(self, key: bytes, partition: int, saved: tuple[object, object]) -> None:
+        self.records.restore(key, partition, saved[0])
+        self.timelines.restore(key, partition, saved[1])
+
+    def _apply(
+        self,
+        key: bytes,
+        partition: int,
+        raw_events: list[EventT],
+        now: float,
+        due: DueIndex | None,
+        counts: StatCounts,
+    ) -> list[ReadModelWrite]:
+        """Step the customer through ``raw_events`` (timer markers fire due timers)."""
+        state = self._load(key, partition)
+        stored_timeline = self.timelines.get(key, partition)
+        timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
+        outputs: list[StepOutputs] = []
+        lags: list[float] = []
+        changed = False
+        timeline_changed = False
+        run: list[Event] = []
+
+        def step_run() -> None:
+            nonlocal state, timeline, changed, timeline_changed
+            if not run:
+                return
+            state, out = step(state, run, self.ctx, now, timeline)
+            run.clear()
+            outputs.append(out)
+            changed = changed or out.changed
+            if out.timeline is not None and out.timeline != timeline:
+                timeline = out.timeline
+                timeline_changed = True
+
+        for event in raw_events:
+            if not _is_timer_marker(event):
+                run.append(
+                    Event.from_record(
+                        orjson.loads(cast(bytes, event.message.value)), event.message.timestamp
+                    )
+                )
+                continue
+            step_run()
+            if state is None:
+                continue  # a marker for a customer with no record (nothing to fire)
+            lags.extend(now - t["due_at"] for t in state.timers if t["due_at"] <= now)
+            out = fire_timers(state, self.ctx, now)
+            outputs.append(out)
+            changed = changed or out.changed
+        step_run()
+        if state is None:
+            return []
+        # Project before anything is written or sent: a failure leaves no trace.
+        # Duplicates re-project too: after a crash, replayed events are duplicates and
+        # this is what makes the read model converge (whole values, idempotent).
+        writes = project(state, now)
+        encoded_timeline = orjson.dumps(timeline) if timeline_changed else stored_timeline
+        if timeline:
+            writes.append(timeline_write(state.customer_id, timeline, encoded_timeline))
+        if changed:
+            # The step's own encoding (after the size caps) when the last step made one.
+            encoded = outputs[-1].state_encoded if outputs else None
+            self.records.put(key, encoded or orjson.dumps(state), partition)
+            if timeline_changed:
+                self.timelines.put(key, encoded_timeline, partition)
+        if due is not None:
+            due.update(key, next_due(state.timers))
+        for lag in lags:
+            self.metrics.timer_lag.observe(max(0.0, lag))
+        if lags:
+            self.metrics.timers_fired.inc(len(lags))
+        for out in outputs:
+            self._send(key, out)
+            _count(counts, out)
+        return writes
+
+    def _failed(
+        self, key: bytes, event: EventT, exc: Exception, due: DueIndex | None, now: float
+    ) -> None:
+        log.error(
+            "Customer step failed on %s[%d]@%d (%s); dead-lettered, the partition goes on",
+            event.message.topic,
+            event.message.partition,
+            event.message.offset,
+            type(exc).__name__,
+        )
+        if _is_timer_marker(event):
+            # The timers stay in the record: try again in a minute, do not spin.
+            self.metrics.timer_failures.inc()
+            if due is not None:
+                due.update(key, now + 60.0)
+            return
+        self._deadletter(event, exc)
 
     def _load(self, key: bytes, partition: int) -> CustomerState | None:
         stored = self.records.get(key, partition)
@@ -165,53 +274,23 @@ class CustomerProcessor:
         return indexed
 
     def fire_due(self, now: float) -> int:
-        """Fire every timer due by ``now`` on this worker's partitions; returns how many."""
-        fired = 0
-        writes: list[ReadModelWrite] = []
-        for partition, index in self.due.items():
-            keys = index.pop_due(now)
-            if not keys:
-                continue
-            counts: StatCounts = defaultdict(lambda: defaultdict(float))
-            for key in keys:
-                fired += self._fire_customer(key, partition, index, now, writes, counts)
-            if counts:
-                writes.extend(self._add_stats(partition, counts))
-        self._write_tables()
-        if writes:
-            self.writer.submit(writes, _nothing_to_ack)
-        return fired
+        """Send a timer marker to every owned customer with a timer due by ``now``.
 
-    def _fire_customer(
-        self,
-        key: bytes,
-        partition: int,
-        index: DueIndex,
-        now: float,
-        writes: list[ReadModelWrite],
-        counts: StatCounts,
-    ) -> int:
-        try:
-            state = self._load(key, partition)
-            if state is None:
-                return 0
-            lags = [now - t["due_at"] for t in state.timers if t["due_at"] <= now]
-            out = fire_timers(state, self.ctx, now)
-        except Exception:
-            log.exception("Firing timers failed for one customer; they stay scheduled")
-            index.update(key, now + 60.0)  # try again in a minute, do not spin
-            return 0
-        if out.changed:
-            # Timers and their effects are written together: a fired timer cannot fire again.
-            self.records.put(key, orjson.dumps(state), partition)
-            writes.extend(project(state, now))
-        index.update(key, next_due(state.timers))
-        for lag in lags:
-            self.metrics.timer_lag.observe(max(0.0, lag))
-        self.metrics.timers_fired.inc(len(lags))
-        self._send(key, out)
-        _count(counts, out)
-        return len(lags)
+        Timers fire in the customer agent, as input: their effects are then
+        checkpointed like any event's (a marker's offset is what commits them), and
+        a customer's timers and events are applied in one order.
+        """
+        sent = 0
+        owned = self.checkpoint.owned
+        for partition, index in self.due.items():
+            if partition not in owned:
+                continue
+            for key in index.pop_due(now):
+                self.producer.send(self.customer_events_topic, key, b"", partition)
+                sent += 1
+        if sent:
+            self.producer.poll()
+        return sent
 
     # --- offer performance (S11) ------------------------------------------------------------
 
@@ -268,6 +347,8 @@ class CustomerProcessor:
             metrics.timers_cancelled.inc(out.timers_cancelled)
         if out.timers_dropped:
             metrics.timers_dropped.inc(out.timers_dropped)
+        for collection, dropped in out.state_items_dropped.items():
+            metrics.state_items_dropped(collection).inc(dropped)
 
     def _latency_callback(self, trigger: Trigger) -> Callable[[KafkaError | None, Message], None]:
         histogram = self.metrics.trigger_latency(trigger.type)
@@ -286,10 +367,12 @@ class CustomerProcessor:
             deadletter_record(
                 PROCESSING_ERROR,
                 [
-                    f"the customer step failed on this event ({type(exc).__name__}: {exc}); "
-                    "this is a pipeline bug: report it with this record, then replay it "
-                    "with `omni publish`",
-                    *traceback.format_exception_only(exc),
+                    # The class and a short message only: a stack trace or a long message
+                    # could carry payload data into the dead-letter topic.
+                    f"the customer step failed on this event ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); the customer's state is as before it and the "
+                    "partition goes on. This is a pipeline bug: report it with this record, "
+                    "then replay the event with `omni publish`",
                 ],
                 message.topic,
                 message.partition,

@@ -9,13 +9,12 @@ consumer flushes the producer before it commits the acked offsets
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from faust.types import EventT
 
-from processors.deadletter import PROCESSING_ERROR, deadletter_record
+from processors.deadletter import PROCESSING_ERROR, deadletter_key, deadletter_record
 from processors.metrics import Metrics
 from processors.output import OutputProducer
 from processors.settings import Settings
@@ -54,7 +53,11 @@ class Ingest:
                     )
                     continue
                 result = self.validator.check(
-                    channel, message.key, message.value, self.settings.max_event_bytes
+                    channel,
+                    message.key,
+                    message.value,
+                    self.settings.max_event_bytes,
+                    max_future_skew=self.settings.max_future_skew_seconds,
                 )
                 if isinstance(result, Rejection):
                     self._deadletter(event, result)
@@ -71,14 +74,15 @@ class Ingest:
                 log.exception(
                     "Ingest failed for %s[%d]@%d", message.topic, message.partition, message.offset
                 )
+                # The class and a short message only: an exception's text may quote data.
                 self._deadletter(
                     event,
                     Rejection(
                         PROCESSING_ERROR,
                         (
-                            f"the pipeline failed on this message ({type(exc).__name__}: {exc}); "
-                            "this is a pipeline bug: report it with this record",
-                            *traceback.format_exception_only(exc),
+                            f"value: the pipeline failed on this message ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}) — this is a pipeline bug: report it with this "
+                            "record",
                         ),
                     ),
                 )
@@ -87,7 +91,8 @@ class Ingest:
         message = event.message
         self.producer.send(
             self.deadletter_topic,
-            message.key,
+            # A key over 1 KiB is hashed: librdkafka refuses a huge key (MSG_SIZE_TOO_LARGE).
+            deadletter_key(message.key),
             deadletter_record(
                 rejection.reason,
                 rejection.errors,

@@ -27,6 +27,11 @@ class Bound(Generic[M]):
             child = self._children[labels] = self._metric.labels(*labels)
         return child
 
+    def remove(self, *labels: str) -> None:
+        """Stop exporting one child (e.g. a revoked partition's gauge)."""
+        if self._children.pop(labels, None) is not None:
+            self._metric.remove(*labels)
+
 
 class Metrics:
     """Every metric the worker exports, registered on one registry."""
@@ -88,6 +93,25 @@ class Metrics:
         self.redis_write_errors = Counter(
             "omni_redis_write_errors", "Failed Redis pipeline writes (retried)", registry=r
         )
+        # --- Input bounds: refused Redis writes, trimmed customer records -----------------
+        self.read_model_writes_dropped = Bound(
+            Counter(
+                "omni_read_model_writes_dropped",
+                "Read-model writes Redis refused for their key (wrong_type, invalid_expire, "
+                "no_permission, refused): logged and dropped, not retried",
+                ["reason"],
+                registry=r,
+            )
+        )
+        self.state_items_dropped = Bound(
+            Counter(
+                "omni_state_items_dropped",
+                "Items dropped from customer records by a cap (count or OMNI_MAX_STATE_BYTES), "
+                "by collection",
+                ["collection"],
+                registry=r,
+            )
+        )
         self.read_model_lag = Gauge(
             "omni_read_model_lag_seconds",
             "Age of the oldest read-model write not yet in Redis (0 = converged)",
@@ -97,6 +121,36 @@ class Metrics:
             Gauge(
                 "omni_consumer_lag_messages",
                 "Messages behind the high watermark",
+                ["topic", "partition"],
+                registry=r,
+            )
+        )
+        # --- Health: per-partition progress (processors/health.py) --------------------
+        # Set by the runtime's gauge timer for each assigned source partition and removed
+        # when the partition is revoked, so a moved partition never alerts from here.
+        self.committed_lag = Bound(
+            Gauge(
+                "omni_consumer_committed_lag_messages",
+                "Messages past the group's committed offset (read again after a crash); "
+                "grows while Redis is down, since offsets wait for the read model",
+                ["topic", "partition"],
+                registry=r,
+            )
+        )
+        self.stall_seconds = Bound(
+            Gauge(
+                "omni_partition_stall_seconds",
+                "Seconds this partition has had messages waiting and none processed "
+                "(0 = progressing or idle)",
+                ["topic", "partition"],
+                registry=r,
+            )
+        )
+        self.partition_stalled = Bound(
+            Gauge(
+                "omni_partition_stalled",
+                "1 when the partition has had lag and no processing progress for "
+                "OMNI_STALL_SECONDS (then /livez fails), else 0",
                 ["topic", "partition"],
                 registry=r,
             )
@@ -162,6 +216,22 @@ class Metrics:
         )
         self.timers_fired = Counter(
             "omni_timers_fired", "Per-customer timers fired by the tick", registry=r
+        )
+        # --- the checkpoint (processors/checkpoint.py) ---
+        self.timer_failures = Counter(
+            "omni_timer_failures",
+            "Timer firings that raised; the timers stay in the record and are retried",
+            registry=r,
+        )
+        self.changelog_records_skipped = Counter(
+            "omni_changelog_records_skipped",
+            "Changelog records of uncommitted checkpoints skipped by recovery",
+            registry=r,
+        )
+        self.pending_events = Gauge(
+            "omni_checkpoint_pending_events",
+            "Processed events whose state waits for their offsets to be committed",
+            registry=r,
         )
         self.timers_refused = Counter(
             "omni_timers_refused",

@@ -11,7 +11,14 @@ once their writes are in Redis, so:
   behind the read model is;
 - a worker that dies during an outage has not committed those offsets, so the
   events come back after restart; as duplicates they change no state but the
-  agent re-projects the customer, and the read model converges.
+  agent re-projects the customer, and the read model converges;
+- a write Redis refuses *for its key* (``WRONGTYPE``: something else stored another
+  type there; an invalid expiry) is logged without its value, counted in
+  ``omni_read_model_writes_dropped_total{reason}`` and dropped: retrying it could
+  never succeed and would hold back every offset commit. A refused MSET chunk is
+  redone as one SET per key, so only the refused key is dropped. Refusals that
+  describe Redis rather than the key (OOM, READONLY, LOADING, MISCONF, ...) and
+  connection errors and timeouts are retried as a whole, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +30,16 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from processors.domain.read_model import ReadModelWrite
 from processors.metrics import Metrics
@@ -63,6 +79,17 @@ class ReadModelWriter:
         if self._oldest_pending is None:
             self._oldest_pending = time.monotonic()
         self._wakeup.set()
+
+    def discard_pending(self) -> None:
+        """Drop queued writes and their acks: their batches were discarded at a revocation.
+
+        Every queued write belongs to an uncommitted batch (a batch is acked, and so
+        committed, only once its writes are in Redis), which the partition's next owner
+        processes and projects again.
+        """
+        self._pending = {}
+        self._on_written = []
+        self._oldest_pending = None
 
     def start(self) -> None:
         if self._task is None:
@@ -126,34 +153,129 @@ class ReadModelWriter:
             self._metrics.read_model_lag.set(self.lag_seconds)
 
     async def _write(self, writes: Iterable[ReadModelWrite]) -> None:
+        """One pipeline; raises (to retry it all) unless every refusal is about its key."""
+        # Coalesced per (key, field) in ``submit``: every key appears once.
+        refused: list[tuple[ReadModelWrite, ResponseError]] = []
+        one_by_one: list[ReadModelWrite] = []
+        for covered, result in await self._execute(writes, keys_unique=True):
+            if isinstance(result, ResponseError):
+                if refuses_every_key(result):
+                    raise result  # Redis itself is unwell: retry the whole batch later
+                if len(covered) > 1:  # an MSET chunk: find its refused key(s) with SETs
+                    one_by_one.extend(covered)
+                else:
+                    refused.extend((write, result) for write in covered)
+        if one_by_one:
+            for covered, result in await self._execute(one_by_one, keys_unique=False):
+                if isinstance(result, ResponseError):
+                    refused.extend((write, result) for write in covered)
+        for _, error in refused:
+            if refuses_every_key(error):
+                raise error  # Redis itself is unwell: retry the whole batch later
+        if refused:
+            self._drop(refused)
+
+    async def _execute(
+        self, writes: Iterable[ReadModelWrite], keys_unique: bool
+    ) -> list[tuple[list[ReadModelWrite], Any]]:
+        """Run the writes in one pipeline: (writes of a command, its reply or error)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            # Coalesced per (key, field) in ``submit``: every key appears once.
-            queue_writes(pipe, writes, keys_unique=True)
+            commands = queue_writes(pipe, writes, keys_unique=keys_unique)
             # A timeout cancels the pipeline; redis-py then drops the connection.
             async with asyncio.timeout(self._write_timeout):
-                await pipe.execute()
+                # Per-command errors come back as values; connection errors still raise.
+                results = await pipe.execute(raise_on_error=False)
+        return list(zip(commands, results, strict=False))
+
+    def _drop(self, refused: list[tuple[ReadModelWrite, ResponseError]]) -> None:
+        for _, error in refused:
+            self._metrics.read_model_writes_dropped(drop_reason(error)).inc()
+        # Keys and Redis's words only: never the value (it holds customer data).
+        shown = "; ".join(
+            f"{write.key}{'' if write.field is None else f' field {write.field}'}: {error}"
+            for write, error in refused[:5]
+        )
+        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        log.warning(
+            "Redis refused %d read-model write(s) for their key; dropped, not retried: %s%s. "
+            "Remove or fix what holds those keys (another writer? a wrong type?), then "
+            "`omni redis rebuild` rewrites them.",
+            len(refused),
+            shown,
+            more,
+        )
+
+
+#: Refusals that say something about Redis (memory, replica role, loading, persistence,
+#: our credentials), not about one key: retried like a connection error. NOPERM is
+#: not among them: an ACL refuses keys (or every key: then all writes are counted).
+_EVERY_KEY_ERRORS = (OutOfMemoryError, ReadOnlyError, ClusterDownError, TryAgainError, AskError)
+_EVERY_KEY_PREFIXES = (
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MISCONF",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "NOREPLICAS",
+    "NOAUTH",
+    "WRONGPASS",
+)
+
+
+def refuses_every_key(error: ResponseError) -> bool:
+    """True when Redis would refuse any write now (retry later), False when it refused
+    this write for its key or its arguments (retrying cannot help)."""
+    status = getattr(error, "status_code", None) or str(error).split(" ", 1)[0]
+    return isinstance(error, _EVERY_KEY_ERRORS) or status in _EVERY_KEY_PREFIXES
+
+
+def drop_reason(error: ResponseError) -> str:
+    """The low-cardinality ``reason`` label of a dropped write."""
+    text = str(error)
+    if text.startswith("WRONGTYPE"):
+        return "wrong_type"
+    if isinstance(error, NoPermissionError):  # an ACL that does not cover this key
+        return "no_permission"
+    if "expire" in text:
+        return "invalid_expire"
+    return "refused"
 
 
 #: Keys per MSET: big enough to amortise the per-command cost, small enough that one
 #: command never holds Redis for long.
 MSET_CHUNK = 500
+#: 9999-12-31T23:59:59Z: expiries beyond it (never stored by a bounded domain) are cut.
+_MAX_EXPIRE = 253402300799.0
 
 
-def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite], keys_unique: bool = False) -> None:
+def queue_writes(
+    pipe: Any, writes: Iterable[ReadModelWrite], keys_unique: bool = False
+) -> list[list[ReadModelWrite]]:
     """Add whole-value writes (with their absolute expiry) to a sync or async pipeline.
 
     With ``keys_unique`` (no key appears twice, so order does not matter) the plain
     SETs go out as a few MSETs: redis-py's cost is per command (packing, reply
     parsing), and most of a batch's writes are plain profile and timeline values.
+
+    Returns, per command queued, the writes it carries (an MSET carries many), so a
+    caller can tell which writes a refused command held. An expiry at or before the
+    epoch (Redis refuses a PXAT <= 0) becomes a DEL: such a key must not exist.
     """
+    commands: list[list[ReadModelWrite]] = []
     plain: dict[str, bytes] = {}
+    in_mset: list[ReadModelWrite] = []
     for write in writes:
         is_plain_set = write.field is None and write.value is not None and write.expire_at is None
         if keys_unique and is_plain_set:
             plain[write.key] = write.value  # type: ignore[assignment]
+            in_mset.append(write)
             if len(plain) >= MSET_CHUNK:
                 pipe.mset(plain)
-                plain = {}
+                commands.append(in_mset)
+                plain, in_mset = {}, []
             continue
         if write.field is not None:
             pipe.hset(write.key, write.field, write.value)
@@ -161,7 +283,12 @@ def queue_writes(pipe: Any, writes: Iterable[ReadModelWrite], keys_unique: bool 
             pipe.delete(write.key)
         elif write.expire_at is None:
             pipe.set(write.key, write.value)
+        elif not write.expire_at * 1000 >= 1:  # also NaN
+            pipe.delete(write.key)
         else:
-            pipe.set(write.key, write.value, pxat=int(write.expire_at * 1000))
+            pipe.set(write.key, write.value, pxat=int(min(write.expire_at, _MAX_EXPIRE) * 1000))
+        commands.append([write])
     if plain:
         pipe.mset(plain)
+        commands.append(in_mset)
+    return commands

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any, cast
 from aiohttp import web
 from mode import Service
 
+from processors.health import liveness
 from processors.rulebook import try_reload
 
 if TYPE_CHECKING:
     from faust.tables.manager import TableManager
+    from faust.types import TP
 
     from processors.app import OmniApp
 
@@ -31,7 +33,8 @@ class WorkerRuntime(Service):
         super().__init__(**kwargs)
         self.app = app
         self._runner: web.AppRunner | None = None
-        self._indexed_partitions: frozenset[int] | None = None
+        #: Source partitions whose per-partition gauges are exported (removed on revoke).
+        self._gauged: set[TP] = set()
 
     def is_ready(self) -> bool:
         """Partitions assigned and tables recovered."""
@@ -96,33 +99,36 @@ class WorkerRuntime(Service):
 
     @Service.task
     async def _timer_tick(self) -> None:
-        """Fire due per-customer timers on this worker's partitions."""
+        """Send timer markers for due per-customer timers on this worker's partitions.
+
+        The index is rebuilt after every rebalance (a revocation discards pending
+        state, so the index may hold timers of discarded batches) and restart.
+        """
         pipeline = self.app.pipeline
         interval = pipeline.settings.timer_tick_seconds
-        topic = pipeline.settings.customer_events_topic
+        checkpoint = pipeline.checkpoint
+        indexed: tuple[int, int, frozenset[int]] | None = None
         while not self.should_stop:
             await self.sleep(interval)
             if not self.is_ready():
-                self._indexed_partitions = None
+                indexed = None
                 continue
             try:
-                assigned = frozenset(
-                    tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic
-                )
-                if assigned != self._indexed_partitions:
+                current = (checkpoint.generation, checkpoint.epoch, checkpoint.owned)
+                if current != indexed:
                     started = time.monotonic()
-                    indexed = pipeline.customer.rebuild_due(set(assigned))
-                    self._indexed_partitions = assigned
+                    count = pipeline.customer.rebuild_due(set(checkpoint.owned))
+                    indexed = current
                     log.info(
                         "Timer index rebuilt for partitions %s: %d customers in %.2fs",
-                        sorted(assigned),
-                        indexed,
+                        sorted(checkpoint.owned),
+                        count,
                         time.monotonic() - started,
                     )
                 pipeline.customer.fire_due(time.time())
             except Exception:  # never let the tick die: timers stay in state
                 log.exception("Timer tick failed; retrying at the next tick")
-                self._indexed_partitions = None
+                indexed = None
 
     async def on_stop(self) -> None:
         await self.app.pipeline.writer.stop()
@@ -137,7 +143,16 @@ class WorkerRuntime(Service):
             await self._runner.cleanup()
 
     async def _livez(self, _: web.Request) -> web.Response:
-        return web.json_response({"live": True})
+        """200 while the event loop answers, 503 naming them when partitions are stalled."""
+        pipeline = self.app.pipeline
+        stall_seconds = pipeline.settings.stall_seconds
+        # Not ready (recovering, rebalancing): nothing can be processed, so no stall.
+        ready = self.is_ready()
+        stalls = pipeline.progress.stalls(time.monotonic(), stall_seconds) if ready else []
+        status, body = liveness(stalls, stall_seconds, pipeline.writer.lag_seconds)
+        if status != 200:
+            log.error("Liveness failing: stalled partitions %s", body["stalled"])
+        return web.json_response(body, status=status)
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ready = self.is_ready()
@@ -154,12 +169,69 @@ class WorkerRuntime(Service):
             tables = cast("TableManager", self.app.tables)
             metrics.recovery_remaining.set(tables.recovery.active_remaining_total())
             consumer = self.app.consumer
-            for tp in consumer.assignment():
-                if tp.topic not in pipeline.source_topics:
-                    continue
+            assigned = {tp for tp in consumer.assignment() if tp.topic in pipeline.source_topics}
+            self._forget_partitions(self._gauged - assigned)
+            self._gauged |= assigned
+            now = time.monotonic()
+            for tp in assigned:
+                # None until the first fetch response for tp.
+                highwater: int | None = consumer.highwater(tp)
                 position = await consumer.position(tp)
-                if position is not None:
-                    lag = max(0, consumer.highwater(tp) - position)
+                if position is not None and highwater is not None:
+                    lag = max(0, highwater - position)
                     metrics.consumer_lag(tp.topic, str(tp.partition)).set(lag)
+                await self._observe_progress(tp, highwater, now)
+            if not ready:  # recovery and rebalances never count towards a stall
+                pipeline.progress.restart_clocks(now)
+            self._export_progress(assigned, now)
         except Exception as exc:  # gauges are best effort; never take the worker down
             log.debug("Gauge update skipped: %r", exc)
+
+    async def _observe_progress(self, tp: TP, highwater: int | None, now: float) -> None:
+        """Feed ``tp``'s highwater and the group's committed offset to the progress tracker."""
+        progress = self.app.pipeline.progress
+        consumer = self.app.consumer
+        # Faust's own record of the committed offset: read at assignment (so a restarted
+        # worker has a baseline before its first batch) and updated by every commit.
+        committed = getattr(consumer, "_committed_offset", {}).get(tp)
+        if committed is not None:
+            progress.committed(tp, committed, now)
+        if highwater is None:
+            return
+        if highwater > 0 and progress.needs_start(tp):
+            # No commit yet (a new group): reading starts at the log start (auto reset
+            # "earliest"). Asked once per assignment; the first batch makes it moot.
+            earliest = await consumer.earliest_offsets(tp)
+            if earliest.get(tp) is not None:
+                progress.start(tp, earliest[tp], now)
+        progress.observe(tp, highwater, now)
+
+    def _export_progress(self, assigned: set[TP], now: float) -> None:
+        pipeline = self.app.pipeline
+        metrics = pipeline.metrics
+        progress = pipeline.progress
+        stalled = set(progress.stalled(now, pipeline.settings.stall_seconds))
+        for tp in assigned:
+            labels = (tp.topic, str(tp.partition))
+            committed_lag = progress.committed_lag(tp)
+            if committed_lag is not None:
+                metrics.committed_lag(*labels).set(committed_lag)
+            metrics.stall_seconds(*labels).set(progress.stall_seconds(tp, now))
+            metrics.partition_stalled(*labels).set(1 if tp in stalled else 0)
+
+    def _forget_partitions(self, revoked: set[TP]) -> None:
+        """Stop tracking and exporting partitions this worker no longer owns."""
+        if not revoked:
+            return
+        self.app.pipeline.progress.forget(revoked)
+        metrics = self.app.pipeline.metrics
+        for tp in revoked:
+            labels = (tp.topic, str(tp.partition))
+            for gauge in (
+                metrics.consumer_lag,
+                metrics.committed_lag,
+                metrics.stall_seconds,
+                metrics.partition_stalled,
+            ):
+                gauge.remove(*labels)
+        self._gauged -= revoked

@@ -7,7 +7,9 @@ directory. Secrets are ``SecretStr`` so printing the settings never shows them.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import socket
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
@@ -107,6 +109,32 @@ class Settings(BaseSettings):
         8 * 1024, description="The raw field of a dead letter is cut here"
     )
     commit_interval_seconds: float = Field(1.0, gt=0, description="Offset commit interval")
+    # --- Group membership (restarts within seconds) ---
+    instance_id: str = Field(
+        "",
+        description="Static group member id (Kafka group.instance.id): a worker restarted "
+        "with the same id gets its partitions back at once. Empty: derived from the host name "
+        "and the data dir; must differ between workers of one group",
+    )
+    session_timeout_seconds: float = Field(
+        10.0,
+        ge=6.0,
+        description="Consumer group session timeout: how long a worker that stopped "
+        "heartbeating keeps its partitions (the broker's minimum is 6 s)",
+    )
+    # --- The checkpoint (processors/checkpoint.py) ---
+    max_pending_events: int = Field(
+        50_000,
+        ge=1,
+        description="Processed events whose state may wait for a commit (Redis down) before "
+        "consumption pauses",
+    )
+    changelog_min_compaction_lag_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="min.compaction.lag.ms of the state changelogs: recovery skips records of "
+        "uncommitted checkpoints, so the value before one must outlive compaction",
+    )
     producer_linger_ms: int = Field(5, ge=0, description="Producer batching delay")
     log_level: str = "info"
 
@@ -164,6 +192,35 @@ class Settings(BaseSettings):
         0.5, gt=0, description="How often each worker fires due per-customer timers"
     )
 
+    # --- Health: stalled partitions (processors/health.py) --------------------------
+    # 120 s: far above any legitimate pause in processing a partition with lag while the
+    # worker is ready (a 2,000-event batch takes well under a second, the timer index
+    # rebuild ~4 s at 1M customers; recovery and rebalances do not count, and neither
+    # does Redis back-pressure), yet an ATM overdraft stuck behind a stopped partition
+    # waits minutes, not hours, before the orchestrator restarts the worker.
+    stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="A partition with lag and no processing progress this long fails /livez",
+    )
+
+    # --- Input bounds: event time and record size (schemas/bounds.py, domain/caps.py) ---
+    max_future_skew_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="An occurred_at further ahead of the worker's clock is dead-lettered "
+        "(future_event)",
+    )
+    # 256 KiB: a quarter of the broker's 1 MiB message limit, so a customer's changelog
+    # record (with key and overhead) can never be refused.
+    max_state_bytes: int = Field(
+        256 * 1024,
+        ge=64 * 1024,
+        le=512 * 1024,
+        description="A customer's encoded record never exceeds this; oldest items are "
+        "trimmed (counted) to fit",
+    )
+
     @field_validator("topic_namespace")
     @classmethod
     def _namespace_is_a_prefix(cls, value: str) -> str:
@@ -174,6 +231,13 @@ class Settings(BaseSettings):
     # --- Topic names (one place) ------------------------------------------
     def touchpoint_topic(self, channel: str) -> str:
         return f"{self.topic_namespace}touchpoint.{channel}"
+
+    def group_instance_id(self) -> str:
+        """This worker's static member id: the setting, else host name + data dir."""
+        if self.instance_id:
+            return self.instance_id
+        where = f"{socket.gethostname()}:{Path(self.data_dir).resolve()}"
+        return f"{self.app_id}-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
     def trigger_topic(self, channel: str) -> str:
         return f"{self.topic_namespace}trigger.{channel}"

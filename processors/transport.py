@@ -29,12 +29,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from time import monotonic
 from typing import Any, ClassVar, cast
 
+from aiokafka.errors import CommitFailedError
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerT, Message
 from mode import Service, ServiceT
+
+from processors.checkpoint import Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +51,64 @@ DELIVERIES_PER_YIELD = 500
 class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     """``faust.transport.drivers.aiokafka.Consumer`` with a bulk fetch loop."""
 
+    #: tp -> commit metadata for the commit in progress (read by the consumer thread).
+    commit_metadata: Mapping[TP, str] = {}
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return CheckpointConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _checkpoint(self) -> Checkpoint | None:
+        pipeline = getattr(self.app, "pipeline", None)
+        return None if pipeline is None else cast(Checkpoint, pipeline.checkpoint)
+
     async def _commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
-        # Every commit path (interval, rebalance, shutdown) comes through here.
-        pipeline = getattr(self.app, "pipeline", None)
-        if pipeline is not None:
-            await pipeline.producer.flush()
-        committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        # Every commit path (interval, rebalance, shutdown) comes through here: it is
+        # the checkpoint (processors/checkpoint.py): outputs acknowledged, offsets
+        # committed, then local state.
+        checkpoint = self._checkpoint()
+        if checkpoint is None:
+            return cast(bool, await super()._commit_offsets(offsets, start_new_transaction))
+        self.commit_metadata = await checkpoint.before_commit(offsets)
+        assignment = self.assignment()
+        try:
+            committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
+        finally:
+            self.commit_metadata = {}
+        if committed:
+            checkpoint.after_commit({tp: o for tp, o in offsets.items() if tp in assignment})
         return committed
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Complete the pending checkpoint (commit what is acknowledged), discard the rest.
+
+        Called before Faust's own revocation (the partitions are still ours); every
+        partition is revoked at a rebalance (aiokafka's eager protocol). What is not
+        committed now is redone by the partitions' next owner.
+        """
+        checkpoint = self._checkpoint()
+        if checkpoint is not None and not self.app.should_stop:
+            try:
+                await self.maybe_wait_for_commit_to_finish()
+                await self.commit()
+            except Exception:  # the group moved on: nothing more can be committed
+                log.warning("Commit on revocation failed; its events are redone", exc_info=True)
+            checkpoint.discard()
+            pipeline = self.app.pipeline  # type: ignore[attr-defined]
+            pipeline.writer.discard_pending()
+            # Offsets below the old position are processed again: not a stall.
+            pipeline.progress.forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        checkpoint = self._checkpoint()
+        if checkpoint is not None:
+            checkpoint.on_assigned(
+                (tp.partition for tp in assigned if tp.topic == checkpoint.source_topic),
+                generation_id,
+            )
+        await super().on_partitions_assigned(assigned, generation_id)
 
     def _delivery_is_immediate(self) -> tuple[Callable[[], bool], Callable[[TP], bool]]:
         """Checks that the conductor's callback will not suspend: per fetch, and per ``tp``.
@@ -138,6 +192,32 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             diag.unset_flag(CONSUMER_FETCHING)
+
+
+class CheckpointConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread, committing with the checkpoint's metadata."""
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        consumer = self._ensure_consumer()
+        assignment = self.assignment()
+        metadata = cast(BulkDeliveryConsumer, self.consumer).commit_metadata
+        committable = {
+            TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, metadata.get(tp, ""))
+            for tp, offset in offsets.items()
+            if tp in assignment
+        }
+        self.tp_last_committed_at.update({tp: monotonic() for tp in offsets if tp in assignment})
+        try:
+            await consumer.commit(committable)
+        except CommitFailedError as exc:
+            # The group rebalanced: not committed; the events are redone by their owner.
+            log.warning("Commit refused by the group (%s); the events are processed again", exc)
+            return False
+        except Exception as exc:
+            log.exception("Commit failed: %r", exc)
+            await self.crash(exc)
+            return False
+        return True
 
 
 class BulkDeliveryTransport(faust_aiokafka.Transport):

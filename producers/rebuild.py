@@ -1,7 +1,9 @@
 """Rewrite the Redis read model from the customer-state changelog (`omni redis rebuild`).
 
 The changelog topic holds every customer's newest state (it is compacted), so
-the read model can always be derived again from it, without the worker.
+the read model can always be derived again from it, without the worker. Records
+of checkpoints whose input was never committed are skipped, by the rule the
+worker's recovery applies (:func:`processors.checkpoint.record_is_committed`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import orjson
 import redis
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from processors.checkpoint import CommittedOffsets, header_value, record_is_committed
 from processors.domain.model import CustomerState
 from processors.domain.read_model import project, timeline_write
 from processors.projection import queue_writes
@@ -66,6 +69,9 @@ def read_changelog(
         }
     )
     latest: dict[bytes, bytes | None] = {}
+    positions = CommittedOffsets(
+        settings.kafka_client_config(), settings.app_id, settings.customer_events_topic
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
         if metadata.error is not None:
@@ -76,6 +82,7 @@ def read_changelog(
                 "ever run against this cluster?"
             )
         partitions = [TopicPartition(topic, p, 0) for p in metadata.partitions]
+        committed = positions.fetch(metadata.partitions, timeout)
         consumer.assign(partitions)
         remaining = {tp.partition for tp in partitions}
         while remaining:
@@ -87,7 +94,11 @@ def read_changelog(
                 if error.code() == KafkaError._PARTITION_EOF:
                     remaining.discard(message.partition() or 0)
                 continue
-            latest[message.key() or b""] = message.value()  # None = tombstone (deleted)
+            if record_is_committed(
+                header_value(message.headers()), committed.get(message.partition() or 0)
+            ):
+                latest[message.key() or b""] = message.value()  # None = tombstone (deleted)
     finally:
         consumer.close()
+        positions.close()
     return latest

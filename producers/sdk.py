@@ -76,7 +76,13 @@ class TouchpointProducer:
         record = event if isinstance(event, dict) else _peek(value)
         channel = channel or str(record.get("channel", ""))
         key = str(record.get("customer_id", "")).encode() or None
-        result = self.validator.check(channel, key, value, self.settings.max_event_bytes)
+        result = self.validator.check(
+            channel,
+            key,
+            value,
+            self.settings.max_event_bytes,
+            max_future_skew=self.settings.max_future_skew_seconds,
+        )
         if isinstance(result, Rejection):
             raise EventRejected(result)
         return value

@@ -25,7 +25,10 @@ from schemas.registry import (
 from schemas.validate import (
     CHANNEL_MISMATCH,
     CHECK_REASONS,
+    DATE_OUT_OF_RANGE,
+    FUTURE_EVENT,
     KEY_MISMATCH,
+    KEY_TOO_LARGE,
     MISSING_KEY,
     NOT_AN_OBJECT,
     NOT_JSON,
@@ -43,9 +46,12 @@ from schemas.validate import (
 __all__ = [
     "CHANNEL_MISMATCH",
     "CHECK_REASONS",
+    "DATE_OUT_OF_RANGE",
     "EVENT_TYPES",
+    "FUTURE_EVENT",
     "JOURNEY_STAGES",
     "KEY_MISMATCH",
+    "KEY_TOO_LARGE",
     "KNOWN_EVENT_TYPES",
     "MISSING_KEY",
     "NOT_AN_OBJECT",

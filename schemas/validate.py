@@ -10,13 +10,22 @@ Both engines get the same ``date-time`` check (:mod:`schemas.formats`) and the
 same regex semantics (ECMA 262 ``$`` = end of input, as fastjsonschema does and
 as every other language's validator does; Python's ``re`` would also accept a
 trailing newline), so they accept exactly the same documents.
+
+After the schemas come the bounds JSON Schema cannot express (:mod:`schemas.bounds`):
+the key's size, ``occurred_at`` against the clock (``future_event``: at most
+``max_future_skew`` seconds ahead of ``now``) and every date against 2000-01-01
+and ``occurred_at`` (``date_out_of_range``). ``now`` is the validator's ``clock``
+(``time.time`` unless given) or the ``now`` argument of :meth:`EventValidator.check`,
+so tests pin it.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -26,6 +35,14 @@ from jsonschema import Draft7Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
+from schemas.bounds import (
+    DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+    EARLIEST_TIME,
+    EARLIEST_TIME_TEXT,
+    MAX_DATE_AHEAD_SECONDS,
+    MAX_DATE_AHEAD_TEXT,
+    MAX_KEY_BYTES,
+)
 from schemas.formats import is_rfc3339_datetime
 from schemas.messages import render, show
 from schemas.registry import (
@@ -47,10 +64,16 @@ SCHEMA_VIOLATION = "schema_violation"
 CHANNEL_MISMATCH = "channel_mismatch"
 MISSING_KEY = "missing_key"
 KEY_MISMATCH = "key_mismatch"
+# deadletter 1-0-1 added these three.
+KEY_TOO_LARGE = "key_too_large"
+FUTURE_EVENT = "future_event"
+DATE_OUT_OF_RANGE = "date_out_of_range"
 PROCESSING_ERROR = "processing_error"
-#: What :meth:`EventValidator.check` can answer, in the order it checks.
+#: What :meth:`EventValidator.check` can answer, in the order it checks (an ancient
+#: ``occurred_at`` is ``date_out_of_range`` before the clock is asked).
 CHECK_REASONS: tuple[str, ...] = (
     TOO_LARGE,
+    KEY_TOO_LARGE,
     NOT_JSON,
     NOT_AN_OBJECT,
     UNKNOWN_TYPE,
@@ -58,6 +81,8 @@ CHECK_REASONS: tuple[str, ...] = (
     CHANNEL_MISMATCH,
     MISSING_KEY,
     KEY_MISMATCH,
+    FUTURE_EVENT,
+    DATE_OUT_OF_RANGE,
 )
 #: Every dead-letter reason: the check reasons and the worker's own failure.
 REJECTION_REASONS: tuple[str, ...] = (*CHECK_REASONS, PROCESSING_ERROR)
@@ -169,10 +194,12 @@ def _capped(errors: list[str]) -> tuple[str, ...]:
 class EventValidator:
     """The contract check of the ingest agent and the producer SDK. Build once, share.
 
-    ``check`` is thread-safe (compiled validators hold no state).
+    ``check`` is thread-safe (compiled validators hold no state). ``clock`` gives
+    "now" (epoch seconds) for the ``future_event`` check; tests pin it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self.envelope = CompiledSchema.newest(ENVELOPE)
         self.payloads: dict[str, CompiledSchema] = {
             event_type: CompiledSchema.newest(spec.schema)
@@ -193,6 +220,12 @@ class EventValidator:
             for event_type, spec in EVENT_TYPES.items()
         }
         self._fast_envelope = self.envelope.fast
+        # type -> top-level payload fields that are date-times (scheduled_at): bounded too.
+        self._dates: dict[str, tuple[str, ...]] = {}
+        for event_type, compiled in self.payloads.items():
+            dates = _date_time_fields(compiled.schema)
+            if dates:
+                self._dates[event_type] = dates
 
     @property
     def schemas(self) -> dict[str, CompiledSchema]:
@@ -208,9 +241,16 @@ class EventValidator:
         key: bytes | None,
         value: bytes | None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        *,
+        now: float | None = None,
+        max_future_skew: float = DEFAULT_MAX_FUTURE_SKEW_SECONDS,
     ) -> dict[str, Any] | Rejection:
         """The parsed event when ``value`` on ``touchpoint.<channel>`` with ``key`` is
-        valid, else the :class:`Rejection` (reason code and errors) for the dead letter."""
+        valid, else the :class:`Rejection` (reason code and errors) for the dead letter.
+
+        ``now`` (epoch seconds; default: the validator's clock) and ``max_future_skew``
+        decide ``future_event``.
+        """
         if value is not None and len(value) > max_bytes:
             return Rejection(
                 TOO_LARGE,
@@ -218,6 +258,15 @@ class EventValidator:
                     f"value: is {len(value)} bytes, more than the limit of {max_bytes} — send "
                     f"events of at most {max_bytes} bytes "
                     "(split large lists across several events)",
+                ),
+            )
+        if key is not None and len(key) > MAX_KEY_BYTES:
+            return Rejection(
+                KEY_TOO_LARGE,
+                (
+                    f"key: is {len(key)} bytes, more than the limit of {MAX_KEY_BYTES} — set "
+                    "the Kafka message key to the customer_id (1-128 characters, UTF-8); this "
+                    "dead letter is keyed by the key's sha256 instead",
                 ),
             )
         if not value:
@@ -293,6 +342,51 @@ class EventValidator:
                     "Kafka message key to the customer_id, encoded as UTF-8",
                 ),
             )
+        return self._check_dates(event, self._clock() if now is None else now, max_future_skew)
+
+    def _check_dates(
+        self, event: dict[str, Any], now: float, max_future_skew: float
+    ) -> dict[str, Any] | Rejection:
+        """The event when its dates are within bounds, else why not (schemas.bounds)."""
+        text = event["occurred_at"]
+        occurred = _epoch(text)
+        if occurred < EARLIEST_TIME:
+            return Rejection(
+                DATE_OUT_OF_RANGE,
+                (
+                    f"occurred_at: {show(text)} is before {EARLIEST_TIME_TEXT}, the earliest "
+                    "time the pipeline accepts — send the time the event really happened "
+                    "(a date this old comes from a default value or a clock that was not set)",
+                ),
+            )
+        if occurred > now + max_future_skew:
+            return Rejection(
+                FUTURE_EVENT,
+                (
+                    f"occurred_at: {show(text)} is {_ahead(occurred - now)} ahead of the "
+                    f"pipeline's clock ({_utc(now)}), more than the {max_future_skew:g} s "
+                    "allowed (OMNI_MAX_FUTURE_SKEW_SECONDS) — send the time the event happened, "
+                    "from a clock kept in sync (NTP); events cannot come from the future",
+                ),
+            )
+        for name in self._dates.get(event["type"], ()):
+            value = event["payload"].get(name)
+            if value is None:
+                continue
+            at = _epoch(value)
+            if at < EARLIEST_TIME:
+                problem = f"is before {EARLIEST_TIME_TEXT}, the earliest date the pipeline accepts"
+            elif at > occurred + MAX_DATE_AHEAD_SECONDS:
+                problem = f"is more than {MAX_DATE_AHEAD_TEXT} after occurred_at"
+            else:
+                continue
+            return Rejection(
+                DATE_OUT_OF_RANGE,
+                (
+                    f"payload.{name}: {show(value)} {problem} — send the real date "
+                    f"(from {EARLIEST_TIME_TEXT} to {MAX_DATE_AHEAD_TEXT} after occurred_at)",
+                ),
+            )
         return event
 
     def _explain(self, event: dict[str, Any]) -> Rejection:
@@ -333,6 +427,37 @@ class EventValidator:
         if compiled is None:
             raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(RECORD_KINDS)}")
         return compiled.errors(record, root=kind)
+
+
+def _date_time_fields(schema: dict[str, Any]) -> tuple[str, ...]:
+    """The top-level properties of a payload schema that are ``date-time`` strings."""
+    return tuple(
+        name
+        for name, sub in schema.get("properties", {}).items()
+        if isinstance(sub, dict) and sub.get("format") == "date-time"
+    )
+
+
+def _epoch(text: str) -> float:
+    """A contract date-time (already valid: the schemas checked it) as epoch seconds.
+
+    ``datetime.timestamp`` works through a timedelta, so it never overflows, even for
+    9999-12-31T23:59:59-23:59.
+    """
+    return datetime.fromisoformat(text).timestamp()
+
+
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _ahead(seconds: float) -> str:
+    """A duration a person reads at a glance: 7 min, 3.5 h, 26,000 days."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
 
 
 def _not_json(value: bytes, exc: orjson.JSONDecodeError) -> str:

@@ -95,6 +95,10 @@ from processors.domain.model import EMITTED, SUPPRESSED
 from processors.domain.policy import CONSENT, COOLDOWN, DAY, EXPIRED
 
 WEEK = 7 * DAY
+#: Times quiet hours are judged for: 1970-01-03 .. 9999-12-29 (datetime's range, with
+#: room for any UTC offset and the day after); outside, never quiet.
+_QUIET_MIN = 2 * DAY
+_QUIET_MAX = 253402300799.0 - 3 * DAY
 
 # Outcomes besides model.EMITTED and model.SUPPRESSED.
 DEFERRED = "deferred"
@@ -474,6 +478,10 @@ def quiet_release_at(
     """
     start, end = _clock(policy.quiet_start), _clock(policy.quiet_end)
     if start == end:
+        return None
+    if not _QUIET_MIN <= at <= _QUIET_MAX:
+        # Local dates near year 1 or 9999 overflow ``datetime``; event times are bounded
+        # (schemas.bounds) far inside this range, so only a stored oddity gets here.
         return None
     # A trait read from JSON may be anything; only strings are zone names.
     zone = _zone(timezone if isinstance(timezone, str) else None, policy.default_timezone)

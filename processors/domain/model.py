@@ -41,6 +41,11 @@ _SECONDS: dict[int, str] = {}
 _SECONDS_KEPT = 4096
 #: The fast path's range: from the epoch to a second before 9999-12-31T23:59:59.
 _FAST_MAX = 253402300798.0
+#: :func:`format_time`'s range, 1970-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z.
+#: Input is bounded (``schemas.bounds``: 2000-01-01 .. a few years from now), but a
+#: record stored before those bounds may hold any time: clamped, it still projects.
+MIN_TIME = 0.0
+MAX_TIME = 253402300799.9995  # formats as .999 (float precision)
 
 
 def _second(seconds: int) -> str:
@@ -51,11 +56,13 @@ def _second(seconds: int) -> str:
 
 
 def format_time(epoch: float) -> str:
-    """Epoch seconds -> RFC 3339 in UTC with millisecond precision.
+    """Epoch seconds -> RFC 3339 in UTC with millisecond precision; never raises for a number.
 
-    The same text as ``_format_time`` (``datetime.fromtimestamp``) for every input,
-    about twice as fast: it runs several times per event. Like ``fromtimestamp``,
-    the fraction is rounded half-even to microseconds, then truncated to milliseconds.
+    The same text as ``_format_time`` (``datetime.fromtimestamp``) for every time in
+    [:data:`MIN_TIME`, :data:`MAX_TIME`], about twice as fast: it runs several times per
+    event. Like ``fromtimestamp``, the fraction is rounded half-even to microseconds,
+    then truncated to milliseconds. A time outside that range is clamped to it (NaN
+    reads as :data:`MIN_TIME`), so a date stored out of range never stops a projection.
     """
     kind = type(epoch)
     if kind is float and 0.0 <= epoch < _FAST_MAX:
@@ -67,9 +74,16 @@ def format_time(epoch: float) -> str:
             seconds += 1
     elif kind is int and 0 <= epoch < _FAST_MAX:
         seconds, micros = int(epoch), 0
-    else:
-        return _format_time(epoch)  # NaN, negative, out of range, other types: as ever
+    else:  # NaN, negative, out of range, other types (not numbers: TypeError as ever)
+        return _format_time(clamp_time(epoch))
     return f"{_SECONDS.get(seconds) or _second(seconds)}.{micros // 1000:03d}Z"
+
+
+def clamp_time(epoch: float) -> float:
+    """``epoch`` within [:data:`MIN_TIME`, :data:`MAX_TIME`]; NaN becomes MIN_TIME."""
+    if epoch != epoch:  # NaN
+        return MIN_TIME
+    return MIN_TIME if epoch < MIN_TIME else MAX_TIME if epoch > MAX_TIME else epoch
 
 
 @dataclass(slots=True, frozen=True)
@@ -271,3 +285,14 @@ class StepOutputs:
     stats: list[tuple[str, str, str, float]] = field(default_factory=list)
     #: The customer's timeline after the batch, when one was given to ``step``.
     timeline: list[dict[str, Any]] | None = None
+    #: Items a cap dropped from the record, by collection (coupons, offers, appointments,
+    #: cooldowns, products, lead, airport_withdrawals, contact_responses, contact_paused,
+    #: seen_ids, timers): ``processors.domain.caps``. For
+    #: ``omni_state_items_dropped_total{collection}``.
+    state_items_dropped: dict[str, int] = field(default_factory=dict)
+    #: When ``changed``: ``orjson.dumps(state)`` after the caps, at most
+    #: ``Policy.max_state_bytes``. Store these bytes rather than encoding again.
+    state_encoded: bytes | None = None
+    #: Events whose ``occurred_at`` was outside 2000-01-01 .. now + max_future_skew and
+    #: was clamped (they bypassed the validator's bounds, e.g. forwarded before them).
+    times_clamped: int = 0

@@ -31,6 +31,10 @@ class Policy:
     overdraft_default_valid_hours: int = 24
     dedup_capacity: int = 512
     dedup_days: int = 7
+    #: Event times are clamped to now + this (the validator dead-letters further ones).
+    max_future_skew: float = 300.0
+    #: A customer's encoded record never exceeds this (processors.domain.caps).
+    max_state_bytes: int = 256 * 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -41,6 +45,8 @@ class Policy:
             overdraft_default_valid_hours=settings.overdraft_default_valid_hours,
             dedup_capacity=settings.dedup_capacity,
             dedup_days=settings.dedup_days,
+            max_future_skew=settings.max_future_skew_seconds,
+            max_state_bytes=settings.max_state_bytes,
         )
 
 

@@ -66,7 +66,14 @@ class ReadModelWrite:
 
 
 def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
-    """Every read-model key for this customer, as it should be now."""
+    """Every read-model key for this customer, as it should be now.
+
+    Never raises on a stored time: times are formatted within
+    1970-01-01 .. 9999-12-31T23:59:59.999Z (``format_time`` clamps), and a key whose
+    absolute expiry is already past is *skipped*, not written with a past PXAT
+    (Redis refuses a PXAT <= 0 and drops a key at its PXAT itself, so a key past its
+    expiry is gone or going either way).
+    """
     profile = {
         "customer_id": state.customer_id,
         **state.traits,
@@ -95,6 +102,9 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
     elif state.cart_closed_at is not None and now - state.cart_closed_at < CART_DELETE_SECONDS:
         writes.append(ReadModelWrite(cart_key(state.customer_id), None))
     for coupon_id, coupon in state.coupons.items():
+        keep_until = coupon["expires_at"] + COUPON_KEEP_SECONDS
+        if keep_until <= now:
+            continue  # past its keep period: Redis has dropped (or drops) the key itself
         status = coupon["status"]
         if status == "issued" and coupon["expires_at"] <= now:
             status = "expired"
@@ -114,7 +124,7 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
             ReadModelWrite(
                 coupon_key(coupon_id),
                 orjson.dumps(record),
-                expire_at=coupon["expires_at"] + COUPON_KEEP_SECONDS,
+                expire_at=keep_until,
             )
         )
     return writes

@@ -11,12 +11,13 @@ for timers that came due (deferred triggers, "ignored" checks).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from processors.domain import contact as cp
 from processors.domain import timers as tm
 from processors.domain.actions import actions_for
+from processors.domain.caps import apply_count_caps, enforce_caps
 from processors.domain.ids import _hex_id, decision_id, event_fingerprint, trigger_id
 from processors.domain.model import (
     DEFERRED,
@@ -33,15 +34,16 @@ from processors.domain.model import (
     parse_time,
 )
 from processors.domain.policy import DAY, EXPIRED, STALE, Policy, has_marketing_consent, is_stale
+from processors.domain.read_model import COUPON_KEEP_SECONDS
 from processors.domain.timeline import add_to_timeline
 from processors.rulebook import Match, RuleSet
+from schemas.bounds import EARLIEST_TIME, MAX_DATE_AHEAD_SECONDS
 
 #: Touchpoint channel of a response -> the messaging channel it tells us she prefers.
 RESPONSE_CHANNEL_PREFERENCE = {"sms": "sms", "email": "email", "mobile": "push"}
 #: ``ContactState().to_dict()``: a customer who was never sent marketing.
 EMPTY_CONTACT: dict[str, Any] = {"sent": [], "responses": {}, "paused_until": {}}
 AIRPORT_WINDOW = 30 * DAY
-AIRPORT_KEEP = 16
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,7 +84,12 @@ def step(
     # Most customers have no contact history: skip the copy (from_dict of it is empty).
     empty = not state.contact or state.contact == EMPTY_CONTACT
     contact = cp.ContactState() if empty else cp.ContactState.from_dict(state.contact)
+    latest = now + ctx.policy.max_future_skew
     for event in events:
+        if not EARLIEST_TIME <= event.occurred_at <= latest:
+            # Only events that bypassed the validator's bounds (forwarded before them).
+            event = replace(event, occurred_at=min(max(event.occurred_at, EARLIEST_TIME), latest))
+            out.times_clamped += 1
         if not _remember(state, event.event_id, today, ctx.policy, out):
             out.duplicates += 1
             continue
@@ -98,6 +105,8 @@ def step(
             _decide(state, contact, event, evaluation.matches, ctx, now, out)
         apply_event(state, event, ctx.policy)
         _note_journey(state, event, ctx)
+        # Per event, as the rules of the next event must see a capped record.
+        apply_count_caps(state, now, out.state_items_dropped)
         if out.timeline is not None:
             out.timeline = add_to_timeline(out.timeline, [event], ctx.timeline_length)
     if contact.sent or contact.responses or contact.paused_until or state.contact != EMPTY_CONTACT:
@@ -109,7 +118,19 @@ def step(
     for offer_id, offer in list(state.offers.items()):
         if offer.get("expires_at") is not None and offer["expires_at"] < now - DAY:
             del state.offers[offer_id]
+    _forget_old_coupons(state, now)
+    if out.changed:
+        out.state_encoded = enforce_caps(
+            state, now, ctx.policy.max_state_bytes, out.state_items_dropped
+        )
     return state, out
+
+
+def _forget_old_coupons(state: CustomerState, now: float) -> None:
+    """A coupon leaves the record when its read-model key does (its keep period ends)."""
+    horizon = now - COUPON_KEEP_SECONDS
+    if state.coupons and any(c["expires_at"] <= horizon for c in state.coupons.values()):
+        state.coupons = {k: c for k, c in state.coupons.items() if c["expires_at"] > horizon}
 
 
 def fire_timers(state: CustomerState, ctx: StepContext, now: float) -> StepOutputs:
@@ -135,6 +156,9 @@ def fire_timers(state: CustomerState, ctx: StepContext, now: float) -> StepOutpu
                     contact, offer["offer_type"], cp.IGNORED, timer.due_at, ctx.contact
                 )
     state.contact = contact.to_dict()
+    out.state_encoded = enforce_caps(
+        state, now, ctx.policy.max_state_bytes, out.state_items_dropped
+    )
     return out
 
 
@@ -762,7 +786,7 @@ def _note_journey(state: CustomerState, event: Event, ctx: StepContext) -> None:
         state.lead = [e for e in state.lead if e[0] > horizon]
         state.lead.append([event.occurred_at, event.type, points])
         state.lead.sort(key=lambda e: e[0])
-        del state.lead[:-200]  # bounded: the window's newest interactions
+        # Bounded by caps.MAX_LEAD (the window's newest interactions) after each event.
     stage = "awareness"
     if event.type in _ENGAGING:
         stage = "engagement"
@@ -820,7 +844,11 @@ def _apply_appointment(state: CustomerState, event: Event) -> None:
     if event.type == "appointment.booked":
         state.appointments[payload["appointment_id"]] = {
             "department": payload["department"],
-            "scheduled_at": parse_time(payload["scheduled_at"]),
+            # Within the validator's bounds, also for an event forwarded before them.
+            "scheduled_at": min(
+                max(parse_time(payload["scheduled_at"]), EARLIEST_TIME),
+                event.occurred_at + MAX_DATE_AHEAD_SECONDS,
+            ),
             "status": "booked",
         }
     elif event.type == "kiosk.checked_in":
@@ -831,12 +859,7 @@ def _apply_appointment(state: CustomerState, event: Event) -> None:
         appointment = state.appointments.get(payload["appointment_id"])
         if appointment is not None:
             appointment.update(status="diagnosed", report_id=payload["report_id"])
-    # Bounded: the 20 most recent appointments.
-    if len(state.appointments) > 20:
-        for key in sorted(state.appointments, key=lambda k: state.appointments[k]["scheduled_at"])[
-            :-20
-        ]:
-            del state.appointments[key]
+    # Bounded by caps.MAX_APPOINTMENTS after each event (finished ones go first).
 
 
 def _note_airport_withdrawal(state: CustomerState, event: Event) -> None:
@@ -849,7 +872,7 @@ def _note_airport_withdrawal(state: CustomerState, event: Event) -> None:
     kept.append(
         {"atm_id": payload["atm_id"], "country": payload["country"], "at": event.occurred_at}
     )
-    state.airport_withdrawals = kept[-AIRPORT_KEEP:]
+    state.airport_withdrawals = kept  # capped by caps.MAX_AIRPORT_WITHDRAWALS after each event
 
 
 def _apply_profile(state: CustomerState, payload: dict[str, object]) -> None:

@@ -3,6 +3,12 @@
 Kept beside the compact customer record, not inside it (its own table and its
 own Redis key ``omni:timeline:<customer_id>``), newest first and capped, so the
 record the rules read stays small.
+
+Bounded like the record: at most ``cap`` entries (``OMNI_TIMELINE_LENGTH``, at most
+200) of at most :data:`MAX_ENTRY_BYTES` each (a summary is cut at
+:data:`SUMMARY_CHARS`; the other fields are bounded by the contract), so the
+timeline's table value stays below the broker's 1 MiB message limit whatever the
+input (200 x 2,104 bytes < 420 KB; a typical entry is about 150 bytes).
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ from processors.domain.model import Event, format_time
 
 Entry = dict[str, Any]
 _AT = itemgetter("at")
+#: A summary is one line: longer ones (long ids in the payload) are cut.
+SUMMARY_CHARS = 200
+#: The largest encoded entry: "at" (24), channel (10), type (22), summary and event_id
+#: (200 and 128 characters, at most 6 bytes each in JSON: a control character is
+#: escaped as \u00XX), field names and punctuation.
+MAX_ENTRY_BYTES = 24 + 10 + 22 + 6 * SUMMARY_CHARS + 6 * 128 + 80
 
 
 def _profile(p: dict[str, Any]) -> str:
@@ -43,9 +55,10 @@ def summarize(event: Event) -> str:
     """One line a branch advisor or call-center agent can read."""
     summary = _SUMMARIES.get(event.type)
     try:
-        return summary(event.payload) if summary else event.type
+        text = summary(event.payload) if summary else event.type
     except (KeyError, TypeError, AttributeError):
         return event.type
+    return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
 
 def timeline_entry(event: Event) -> Entry:

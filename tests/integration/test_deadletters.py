@@ -40,8 +40,22 @@ def test_every_reason_is_deadlettered_and_a_good_event_after_them_is_processed(
         "channel_mismatch": (settings.touchpoint_topic("mobile"), key, orjson.dumps(good)),
         "missing_key": (web, None, orjson.dumps(good)),
         "key_mismatch": (web, b"somebody-else", orjson.dumps(good)),
+        # Issue 9: a 1,000,000-byte key once stopped its partition (the dead letter reused it).
+        "key_too_large": (web, b"k" * 1_000_000, orjson.dumps(good)),
+        "future_event": (web, key, orjson.dumps({**good, "occurred_at": "2099-01-15T09:30:00Z"})),
+        "date_out_of_range": (
+            web,
+            key,
+            orjson.dumps({**good, "occurred_at": "1900-01-01T00:00:00Z"}),
+        ),
     }
-    producer = Producer({**settings.kafka_client_config(), "partitioner": "murmur2_random"})
+    producer = Producer(
+        {
+            **settings.kafka_client_config(),
+            "partitioner": "murmur2_random",
+            "message.max.bytes": 1_040_000,  # room for the million-byte key
+        }
+    )
     for topic, message_key, value in bad.values():
         producer.produce(topic, value, message_key)
     producer.produce(web, orjson.dumps(good), key)

@@ -38,6 +38,10 @@ WORKER_METRICS: dict[str, str] = {
     "omni_table_recovery_remaining_messages": "gauge",
     "omni_worker_ready": "gauge",
     "omni_batch_events": "histogram",
+    # Health: per-partition progress (processors/health.py).
+    "omni_consumer_committed_lag_messages": "gauge",
+    "omni_partition_stall_seconds": "gauge",
+    "omni_partition_stalled": "gauge",
 }
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 REQUIRED_ALERTS = {
@@ -48,6 +52,8 @@ REQUIRED_ALERTS = {
     "OmniRedisWriteErrors",
     "OmniWorkerDown",
     "OmniWorkerNotReady",
+    "OmniPartitionStalled",
+    "OmniCommittedLagHigh",
 }
 METRIC_NAME = re.compile(r"\bomni_\w+")
 
@@ -124,6 +130,34 @@ MUTATIONS = {
         "",
     ),
     "latency-threshold-1s": ("        ) > 0.5\n", "        ) > 1\n"),
+    # Without the window, a restart loop (stalled for one scrape each time) never fires.
+    "stalled-without-window": (
+        """max by (job, topic, partition) (max_over_time(omni_partition_stall_seconds[10m]))
+          and on (job, topic, partition)
+          (max by (job, topic, partition) (max_over_time(omni_partition_stalled[10m])) == 1)""",
+        """max by (job, topic, partition) (omni_partition_stall_seconds)
+          and on (job, topic, partition)
+          (max by (job, topic, partition) (omni_partition_stalled) == 1)""",
+    ),
+    # Per instance: one alert per worker that held the partition, each restarting its
+    # clock whenever the partition moves.
+    "stalled-per-instance": (
+        "max by (job, topic, partition) (max_over_time(",
+        "max by (job, instance, topic, partition) (max_over_time(",
+    ),
+    # A backlog being worked off after an outage is progress, not an alert.
+    "committed-lag-fires-on-catch-up": (
+        """          unless on (job, topic, partition)
+          (max by (job, topic, partition) (deriv(omni_consumer_committed_lag_messages[10m])) < 0)
+""",
+        "",
+    ),
+    # The instantaneous value misses the commits between evaluations: a busy, healthy
+    # partition would fire.
+    "committed-lag-instantaneous": (
+        "(min_over_time(omni_consumer_committed_lag_messages[10m]))",
+        "(omni_consumer_committed_lag_messages)",
+    ),
 }
 
 
@@ -228,6 +262,8 @@ def test_alert_timings() -> None:
         "OmniReadModelLagging": "5m",
         "OmniNoProgress": "10m",
         "OmniTriggerLatencyHigh": "10m",
+        "OmniPartitionStalled": "1m",
+        "OmniCommittedLagHigh": "5m",
     }
     for name, duration in expected_for.items():
         assert rules[name]["for"] == duration, f"{name}: for {rules[name]['for']}"
@@ -235,6 +271,8 @@ def test_alert_timings() -> None:
     assert "> 0.05" in rules["OmniDeadLetterRateHigh"]["expr"]
     assert "histogram_quantile(0.99" in rules["OmniTriggerLatencyHigh"]["expr"]
     assert "> 30" in rules["OmniReadModelLagging"]["expr"]
+    assert "omni_partition_stalled" in rules["OmniPartitionStalled"]["expr"]
+    assert "> 1000" in rules["OmniCommittedLagHigh"]["expr"]
 
 
 def test_runbook_section_exists() -> None:

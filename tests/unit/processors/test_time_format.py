@@ -10,13 +10,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from processors.domain import model
-from processors.domain.model import format_time, parse_time
+from processors.domain.model import MAX_TIME, MIN_TIME, clamp_time, format_time, parse_time
 
 
 def reference(epoch: float) -> str:
-    """The definition, as it always was."""
+    """The definition: ``fromtimestamp`` of the time clamped to [MIN_TIME, MAX_TIME]."""
     return (
-        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        datetime.fromtimestamp(clamp_time(epoch), UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -64,6 +66,28 @@ def test_the_fast_path_writes_what_datetime_writes(epoch: float) -> None:
 @pytest.mark.parametrize("epoch", [True, False, 10**20, -(10**20)])
 def test_other_inputs_behave_as_before(epoch: int) -> None:
     assert outcome(format_time, epoch) == outcome(reference, epoch)
+
+
+@given(st.one_of(st.floats(), st.integers(min_value=-(2**70), max_value=2**70)))
+@example(-1.5)
+@example(-(2.0**62))
+@example(253402300800.0 + 8760 * 3600)  # 9999-12-31 + 8760 h: the coupon of issue 9
+@example(math.inf)
+@example(-math.inf)
+@example(math.nan)
+def test_any_number_formats_within_the_documented_range(epoch: float) -> None:
+    text = format_time(epoch)
+    assert "1970-01-01T00:00:00.000Z" <= text <= "9999-12-31T23:59:59.999Z"
+    assert MIN_TIME <= parse_time(text) <= MAX_TIME
+
+
+def test_out_of_range_times_are_clamped_to_the_bounds() -> None:
+    assert format_time(-2208988800.0) == "1970-01-01T00:00:00.000Z"  # 1900-01-01
+    assert format_time(math.nan) == "1970-01-01T00:00:00.000Z"
+    assert format_time(1e300) == "9999-12-31T23:59:59.999Z"
+    assert format_time(math.inf) == "9999-12-31T23:59:59.999Z"
+    with pytest.raises(TypeError):
+        format_time("2026-01-01")  # type: ignore[arg-type]
 
 
 def test_the_cache_of_seconds_stays_bounded() -> None:

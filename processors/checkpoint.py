@@ -1,0 +1,366 @@
+"""One checkpoint: the order in which a batch's effects become durable.
+
+Per commit (Faust's commit interval, a rebalance, shutdown), in this order:
+
+1. every output and changelog record of the processed batches is acknowledged by
+   the broker (the producer is flushed and each delivery checked);
+2. the input offsets are committed, with metadata naming the consumer-group
+   generation that made them (:func:`commit_metadata`);
+3. only then the batches whose offsets were committed are written to the local
+   RocksDB store, with Faust's persisted changelog offset in the same write.
+
+Until step 3 every read (later batches, the timer index) sees the pending
+writes (:class:`processors.output.TableWriter` keeps them per batch). So a
+SIGKILL at any instant leaves local state at or behind the committed input:
+the input is processed again and its outputs, with deterministic ids, are
+recognisable duplicates. This is the order Quix Streams documents for its
+checkpoints; Kafka transactions are not an option with Faust's aiokafka consumer.
+
+Recovery must not run ahead of committed input either. Every changelog record
+carries a header ``omni-src: <generation>:<source offset>`` (the input offset
+of the batch that made it; timers fire from input records too, see
+:mod:`processors.customer`), and every commit carries
+``omni1:<generation>:<start>`` where ``start`` is the committed offset when
+that generation took the partition. :func:`record_is_committed` is the rule
+recovery (:class:`CheckpointedStore`) and ``omni redis rebuild`` apply: a
+record of an uncommitted batch, or one written late by a worker whose
+generation has moved on (resumed after SIGSTOP), is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from confluent_kafka import Consumer, TopicPartition
+from faust.stores import rocksdb as faust_rocksdb
+from faust.tables import Table
+from faust.types import TP, EventT
+from rocksdict import WriteBatch
+
+if TYPE_CHECKING:
+    from processors.output import Headers, OutputProducer, TableWriter
+
+log = logging.getLogger(__name__)
+
+#: Changelog record header naming the batch that made the record.
+SOURCE_HEADER = "omni-src"
+#: Prefix of our commit metadata (versioned, so a later format can be told apart).
+METADATA_PREFIX = "omni1"
+
+
+#: Who wrote a record or a commit: (consumer-group generation, process incarnation).
+Writer = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedPosition:
+    """What the group committed for one input partition."""
+
+    #: The next input offset to read; everything before it is done.
+    offset: int
+    #: Who made the last commit (None: a commit without our metadata).
+    writer: Writer | None = None
+    #: The committed offset when that writer took the partition.
+    start: int | None = None
+
+
+def _writer(text: str) -> Writer:
+    generation, _, incarnation = text.partition(".")
+    return int(generation), int(incarnation or 0)
+
+
+def source_header(writer: Writer, source_offset: int) -> Headers:
+    return [(SOURCE_HEADER, f"{writer[0]}.{writer[1]}:{source_offset}".encode())]
+
+
+def commit_metadata(writer: Writer, start: int) -> str:
+    return f"{METADATA_PREFIX}:{writer[0]}.{writer[1]}:{start}"
+
+
+def parse_commit_metadata(offset: int, metadata: str | None) -> CommittedPosition:
+    parts = (metadata or "").split(":")
+    if len(parts) == 3 and parts[0] == METADATA_PREFIX:
+        try:
+            return CommittedPosition(offset, _writer(parts[1]), int(parts[2]))
+        except ValueError:
+            pass
+    return CommittedPosition(offset)
+
+
+def parse_source(value: bytes) -> tuple[Writer, int] | None:
+    writer, sep, offset = value.decode("ascii", "replace").partition(":")
+    if not sep:
+        return None
+    try:
+        return _writer(writer), int(offset)
+    except ValueError:
+        return None
+
+
+def record_is_committed(source: bytes | None, committed: CommittedPosition | None) -> bool:
+    """Whether a changelog record belongs to a committed checkpoint.
+
+    ``source`` is the record's ``omni-src`` header (None: written before this
+    scheme existed, taken as committed). A record by writer w for input offset s
+    is committed when
+    - w made the last commit and s is below the committed offset, or
+    - w is older and s is below the offset the last committer started from (what
+      an older writer wrote at or past it was never committed: its successor
+      redid that input);
+    never when w is newer than the last commit, or nothing was ever committed.
+    Writers are ordered by generation, then by process start (a static member
+    restarted after SIGKILL rejoins in the same generation).
+    """
+    if source is None:
+        return True
+    parsed = parse_source(source)
+    if parsed is None or committed is None:
+        return False
+    writer, offset = parsed
+    if committed.writer is None or committed.start is None:
+        return offset < committed.offset
+    if writer == committed.writer:
+        return offset < committed.offset
+    if writer < committed.writer:
+        return offset < committed.start
+    return False
+
+
+def header_value(headers: Any, name: str = SOURCE_HEADER) -> bytes | None:
+    """One header's value from aiokafka's or confluent-kafka's header list."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in items:
+        if key == name:
+            return bytes(value) if value is not None else None
+    return None
+
+
+class CommittedOffsets:
+    """Reads committed offsets and their metadata with a librdkafka client.
+
+    It never joins the group (no ``subscribe``): an OffsetFetch only.
+    """
+
+    def __init__(self, client_config: dict[str, Any], group_id: str, topic: str) -> None:
+        self._config = {**client_config, "group.id": group_id, "enable.auto.commit": False}
+        self._topic = topic
+        self._consumer: Consumer | None = None
+
+    def fetch(
+        self, partitions: Iterable[int], timeout: float = 10.0
+    ) -> dict[int, CommittedPosition | None]:
+        wanted = [TopicPartition(self._topic, p) for p in partitions]
+        if not wanted:
+            return {}
+        if self._consumer is None:
+            self._consumer = Consumer(self._config)
+        result: dict[int, CommittedPosition | None] = {}
+        for tp in self._consumer.committed(wanted, timeout=timeout):
+            if tp.error is not None:
+                raise RuntimeError(
+                    f"cannot read the committed offset of {self._topic}[{tp.partition}]: "
+                    f"{tp.error}; check the broker and the group's ACLs"
+                )
+            result[tp.partition] = (
+                None if tp.offset < 0 else parse_commit_metadata(tp.offset, tp.metadata)
+            )
+        return result
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+class Checkpoint:
+    """The worker's one checkpoint: stamps records, orders commit and local writes."""
+
+    def __init__(
+        self,
+        producer: OutputProducer,
+        tables: Sequence[TableWriter],
+        source_topic: str,
+        committed_offsets: CommittedOffsets,
+        max_pending_events: int,
+        on_committed: Callable[[TP, int], None] | None = None,
+        on_skipped: Callable[[int], None] | None = None,
+    ) -> None:
+        self.producer = producer
+        self.tables = tuple(tables)
+        self.source_topic = source_topic
+        self._committed_offsets = committed_offsets
+        self.max_pending_events = max_pending_events
+        self._on_committed = on_committed
+        self._on_skipped = on_skipped
+        #: Bumped at every revocation: acks of batches discarded then are void.
+        self.epoch = 0
+        #: (group generation, incarnation): a static member restarted after SIGKILL
+        #: rejoins in the same generation, so the process's start time tells them apart.
+        self.generation = -1
+        self.incarnation = time.time_ns() // 1_000_000
+        #: Input partitions this worker owns now; batches of others are dropped.
+        self.owned: frozenset[int] = frozenset()
+        #: partition -> committed position as this generation found it (None: none yet).
+        self._found: dict[int, CommittedPosition | None] = {}
+        #: Events processed but not yet written locally (waiting for a commit).
+        self.pending_events = 0
+        self._pending_by_partition: dict[int, list[tuple[int, int]]] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+
+    # --- rebalancing ---------------------------------------------------------------
+
+    def on_assigned(self, partitions: Iterable[int], generation: int) -> None:
+        self.generation = generation
+        self.owned = frozenset(partitions)
+        self._found = {}
+
+    def discard(self) -> None:
+        """Forget every pending batch: its input was not committed and is redone."""
+        self.epoch += 1
+        self.owned = frozenset()
+        for table in self.tables:
+            table.discard()
+        self._pending_by_partition = {}
+        self.pending_events = 0
+        self._room.set()
+
+    def skipped_on_recovery(self, count: int) -> None:
+        log.info("Recovery skipped %d changelog records of uncommitted checkpoints", count)
+        if self._on_skipped is not None:
+            self._on_skipped(count)
+
+    def committed_position(self, partition: int) -> CommittedPosition | None:
+        """The committed position of an input partition as this generation found it."""
+        if partition not in self._found:
+            self._found.update(self._committed_offsets.fetch([partition]))
+        return self._found[partition]
+
+    # --- per batch -------------------------------------------------------------------
+
+    @property
+    def writer(self) -> Writer:
+        return (self.generation, self.incarnation)
+
+    def header(self, source_offset: int) -> Headers:
+        return source_header(self.writer, source_offset)
+
+    def sealed(self, source_offsets: Mapping[int, int], events: Mapping[int, int]) -> None:
+        """A batch's records are queued: ``source_offsets`` partition -> its last input offset."""
+        for partition, offset in source_offsets.items():
+            count = events.get(partition, 0)
+            self._pending_by_partition.setdefault(partition, []).append((offset, count))
+            self.pending_events += count
+        if self.pending_events >= self.max_pending_events:
+            self._room.clear()
+
+    async def room(self) -> None:
+        """Back-pressure: wait while too many processed events wait for a commit."""
+        if not self._room.is_set():
+            log.warning(
+                "%d processed events wait for a commit (OMNI_MAX_PENDING_EVENTS=%d): "
+                "consumption pauses until the read model catches up",
+                self.pending_events,
+                self.max_pending_events,
+            )
+            await self._room.wait()
+
+    # --- commit ----------------------------------------------------------------------
+
+    async def before_commit(self, offsets: Mapping[TP, int]) -> dict[TP, str]:
+        """Step 1: outputs acknowledged. Returns each partition's commit metadata."""
+        await self.producer.flush()
+        metadata: dict[TP, str] = {}
+        for tp in offsets:
+            if tp.topic != self.source_topic:
+                continue
+            found = self.committed_position(tp.partition)
+            metadata[tp] = commit_metadata(self.writer, 0 if found is None else found.offset)
+        return metadata
+
+    def after_commit(self, offsets: Mapping[TP, int]) -> None:
+        """Step 3: local state of the committed batches."""
+        for tp, offset in offsets.items():
+            if self._on_committed is not None:
+                self._on_committed(tp, offset)
+            if tp.topic != self.source_topic or tp.partition not in self.owned:
+                continue
+            for table in self.tables:
+                table.write_committed(tp.partition, offset)
+            pending = self._pending_by_partition.get(tp.partition, [])
+            while pending and pending[0][0] < offset:
+                self.pending_events -= pending.pop(0)[1]
+        if self.pending_events < self.max_pending_events:
+            self._room.set()
+
+
+# --- recovery ------------------------------------------------------------------------
+
+
+class CheckpointedStore(faust_rocksdb.Store):
+    """Faust's RocksDB store whose changelog recovery skips uncommitted records."""
+
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[EventT],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        checkpoint: Checkpoint = self.app.pipeline.checkpoint  # type: ignore[attr-defined]
+        batches: dict[int, WriteBatch] = {}
+        last_offsets: dict[TP, int] = {}
+        skipped = 0
+        for event in batch:
+            message = event.message
+            tp = message.tp
+            last_offsets[tp] = max(message.offset, last_offsets.get(tp, -1))
+            committed = checkpoint.committed_position(message.partition)
+            if not record_is_committed(header_value(message.headers), committed):
+                skipped += 1
+                continue
+            write = batches.get(message.partition)
+            if write is None:
+                write = batches[message.partition] = WriteBatch(raw_mode=True)
+            key = cast(bytes, message.key)
+            if message.value is None:
+                write.delete(key)
+            else:
+                write.put(key, message.value)
+        for tp, offset in last_offsets.items():
+            write = batches.get(tp.partition)
+            if write is None:
+                write = batches[tp.partition] = WriteBatch(raw_mode=True)
+            # Past the skipped records too: they stay uncommitted for good (their input is
+            # redone by this or a later generation, which writes the keys again).
+            write.put(self.offset_key, str(offset).encode())
+        for partition, write in batches.items():
+            self._db_for_partition(partition).write(write)
+        if skipped:
+            checkpoint.skipped_on_recovery(skipped)
+
+
+class CheckpointedTable(Table):
+    """A table on :class:`CheckpointedStore` (Faust's ``Table`` app setting)."""
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        if str(url).startswith("rocksdb:"):
+            return CheckpointedStore(
+                url,
+                self.app,
+                self,
+                table_name=self.name,
+                key_type=self.key_type,
+                key_serializer=self.key_serializer,
+                value_serializer=self.value_serializer,
+                value_type=self.value_type,
+                loop=self.loop,
+                options=self.options,
+            )
+        return super()._new_store_by_url(url)

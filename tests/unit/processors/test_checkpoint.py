@@ -1,0 +1,205 @@
+"""The checkpoint's rules: which changelog records recovery applies, and the order of
+local writes (pending until the commit passes their input)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from rocksdict import Options, Rdict
+
+from processors.checkpoint import (
+    CommittedPosition,
+    commit_metadata,
+    header_value,
+    parse_commit_metadata,
+    record_is_committed,
+    source_header,
+)
+from processors.output import TableWriter
+
+OLD = (4, 1_000)
+CURRENT = (5, 2_000)
+NEWER = (6, 3_000)
+RESTARTED = (5, 2_500)  # a static member restarted after SIGKILL: same generation, later start
+
+
+def src(writer: tuple[int, int], offset: int) -> bytes:
+    value = header_value(source_header(writer, offset))
+    assert value is not None
+    return value
+
+
+def test_metadata_round_trip() -> None:
+    position = parse_commit_metadata(120, commit_metadata(CURRENT, 80))
+    assert position == CommittedPosition(120, CURRENT, 80)
+
+
+@pytest.mark.parametrize("metadata", ["", None, "something else", "omni1:x:y", "omni1:5.1"])
+def test_foreign_metadata_means_offset_only(metadata: str | None) -> None:
+    assert parse_commit_metadata(7, metadata) == CommittedPosition(7)
+
+
+committed = CommittedPosition(offset=120, writer=CURRENT, start=80)
+
+
+@pytest.mark.parametrize(
+    ("writer", "offset", "expected", "why"),
+    [
+        (CURRENT, 119, True, "the committer's record below the committed offset"),
+        (CURRENT, 120, False, "the committer's record of input not committed yet"),
+        (OLD, 79, True, "an older writer's record below where the committer started"),
+        (OLD, 80, False, "an older writer's late record (SIGSTOP): its input was redone"),
+        (OLD, 100, False, "an older writer's record past the start, even below the offset"),
+        (RESTARTED, 90, False, "a newer incarnation that has not committed yet"),
+        (NEWER, 10, False, "a newer generation that has not committed yet"),
+    ],
+)
+def test_record_is_committed(
+    writer: tuple[int, int], offset: int, expected: bool, why: str
+) -> None:
+    assert record_is_committed(src(writer, offset), committed) is expected, why
+
+
+def test_records_without_the_header_are_taken_as_committed() -> None:
+    # Written before checkpoints existed: the old worker wrote state after commit-less flushes.
+    assert record_is_committed(None, committed)
+    assert record_is_committed(None, None)
+
+
+def test_nothing_committed_means_no_stamped_record_is_committed() -> None:
+    assert not record_is_committed(src(CURRENT, 0), None)
+
+
+def test_a_malformed_header_is_not_committed() -> None:
+    assert not record_is_committed(b"garbage", committed)
+    assert not record_is_committed(b"5.x:10", committed)
+
+
+def test_commit_without_our_metadata_compares_offsets_only() -> None:
+    plain = CommittedPosition(50)
+    assert record_is_committed(src(NEWER, 49), plain)
+    assert not record_is_committed(src(NEWER, 50), plain)
+
+
+@given(
+    st.tuples(st.integers(0, 50), st.integers(0, 10**13)),
+    st.integers(0, 10**12),
+    st.integers(0, 10**12),
+    st.integers(0, 10**12),
+)
+def test_never_past_the_committed_offset(
+    writer: tuple[int, int], offset: int, start: int, committed_offset: int
+) -> None:
+    """Whoever wrote it: a record of input at or past the committed offset is never applied."""
+    position = CommittedPosition(committed_offset, CURRENT, min(start, committed_offset))
+    if offset >= committed_offset:
+        assert not record_is_committed(src(writer, offset), position)
+
+
+def test_header_value_reads_both_client_formats() -> None:
+    assert header_value([("x", b"1"), ("omni-src", b"5.1:9")]) == b"5.1:9"
+    assert header_value({"omni-src": b"5.1:9"}) == b"5.1:9"
+    assert header_value(None) is None
+    assert header_value([("x", b"1")]) is None
+
+
+# --- TableWriter: pending segments, written once committed -------------------------------
+
+
+class Store:
+    """The two things TableWriter uses of Faust's RocksDB store, on real RocksDB."""
+
+    offset_key = b"__faust\0offset__"
+
+    def __init__(self, path: Path) -> None:
+        self.db = Rdict(str(path), options=Options(raw_mode=True))  # as Faust opens it
+
+    def _db_for_partition(self, partition: int) -> Rdict:
+        return self.db
+
+
+class Table:
+    def __init__(self, path: Path) -> None:
+        self.data = Store(path)
+        self.changelog_topic = self
+
+    def get_topic_name(self) -> str:
+        return "app-customers-changelog"
+
+
+class Producer:
+    """Records what would be produced; delivery reports are given by the test."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+
+    def send(self, *args: Any) -> None:
+        self.sent.append(args)
+
+
+class Delivered:
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def offset(self) -> int:
+        return self._offset
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> TableWriter:
+    return TableWriter(Table(tmp_path / "db"), Producer())  # type: ignore[arg-type]
+
+
+def test_pending_writes_are_read_but_not_stored_until_committed(writer: TableWriter) -> None:
+    db = writer.table.data.db  # type: ignore[attr-defined]
+    writer.put(b"k", b"v1", 0)
+    assert writer.get(b"k", 0) == b"v1"
+    writer.seal(0, source_offset=10, headers=source_header(CURRENT, 10))
+    writer.put(b"k", b"v2", 0)
+    writer.seal(0, source_offset=11, headers=source_header(CURRENT, 11))
+    assert writer.get(b"k", 0) == b"v2"
+    assert db.get(b"k") is None, "state was saved ahead of the commit"
+    # Every record went to the changelog, stamped with its batch's input offset.
+    sent = writer.producer.sent  # type: ignore[attr-defined]
+    assert [(s[1], s[2], s[6]) for s in sent] == [
+        (b"k", b"v1", source_header(CURRENT, 10)),
+        (b"k", b"v2", source_header(CURRENT, 11)),
+    ]
+    sent[0][5](None, Delivered(100))
+    sent[1][5](None, Delivered(101))
+    # The commit covers offset 10 only (11 still waits for Redis): only batch 10 is stored.
+    assert writer.write_committed(0, 11) == 1
+    assert db.get(b"k") == b"v1"
+    assert db.get(Store.offset_key) == b"100"
+    assert writer.get(b"k", 0) == b"v2"
+    assert writer.write_committed(0, 12) == 1
+    assert db.get(b"k") == b"v2"
+    assert db.get(Store.offset_key) == b"101"
+
+
+def test_discard_forgets_pending_and_scan_sees_pending(writer: TableWriter) -> None:
+    db = writer.table.data.db  # type: ignore[attr-defined]
+    db[b"stored"] = b"s"
+    writer.put(b"pending", b"p", 0)
+    writer.put(b"stored", None, 0)  # deleted in a pending batch
+    writer.seal(0, 5, source_header(CURRENT, 5))
+    assert dict(writer.scan(0)) == {b"pending": b"p"}
+    writer.discard()
+    assert writer.get(b"pending", 0) is None
+    assert dict(writer.scan(0)) == {b"stored": b"s"}
+
+
+def test_restore_undoes_a_failed_events_writes(writer: TableWriter) -> None:
+    writer.put(b"k", b"before", 0)
+    saved = writer.savepoint(b"k", 0)
+    writer.put(b"k", b"half-done", 0)
+    writer.restore(b"k", 0, saved)
+    assert writer.get(b"k", 0) == b"before"
+    fresh = writer.savepoint(b"new", 0)
+    writer.put(b"new", b"x", 0)
+    writer.restore(b"new", 0, fresh)
+    assert writer.get(b"new", 0) is None

@@ -137,29 +137,37 @@ class CustomerProcessor:
         due: DueIndex | None,
         counts: StatCounts,
     ) -> list[ReadModelWrite]:
-        saved = self._savepoint(key, partition)
         try:
-            return self._apply(key, partition, raw_events, now, due, counts)
+            return self._apply_or_undo(key, partition, raw_events, now, due, counts)
         except Exception:  # one bad event must not stop the partition: find it
-            self._restore(key, partition, saved)
+            pass
         # One at a time: the events that fail are dead-lettered and leave the state as
         # it was before them; the customer's other events are still applied.
         writes: list[ReadModelWrite] = []
         for event in raw_events:
-            saved = self._savepoint(key, partition)
             try:
-                writes = self._apply(key, partition, [event], now, due, counts)
+                writes = self._apply_or_undo(key, partition, [event], now, due, counts)
             except Exception as exc:
-                self._restore(key, partition, saved)
                 self._failed(key, event, exc, due, now)
         return writes
 
-    def _savepoint(self, key: bytes, partition: int) -> tuple[object, object]:
-        return self.records.savepoint(key, partition), self.timelines.savepoint(key, partition)
-
-    def _restore(self, key: bytes, partition: int, saved: tuple[object, object]) -> None:
-        self.records.restore(key, partition, saved[0])
-        self.timelines.restore(key, partition, saved[1])
+    def _apply_or_undo(
+        self,
+        key: bytes,
+        partition: int,
+        raw_events: list[EventT],
+        now: float,
+        due: DueIndex | None,
+        counts: StatCounts,
+    ) -> list[ReadModelWrite]:
+        """:meth:`_apply`, or, when it raises, the customer's open writes as they were."""
+        saved = (self.records.savepoint(key, partition), self.timelines.savepoint(key, partition))
+        try:
+            return self._apply(key, partition, raw_events, now, due, counts)
+        except Exception:
+            self.records.restore(key, partition, saved[0])
+            self.timelines.restore(key, partition, saved[1])
+            raise
 
     def _apply(
         self,

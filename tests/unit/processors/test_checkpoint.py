@@ -137,8 +137,11 @@ class Producer:
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
 
-    def send(self, *args: Any) -> None:
+    def send(self, *args: Any, **kwargs: Any) -> None:
         self.sent.append(args)
+
+    def poll(self) -> None:
+        return None
 
 
 class Delivered:

@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import cast
 
 import orjson
@@ -138,36 +139,19 @@ class CustomerProcessor:
         counts: StatCounts,
     ) -> list[ReadModelWrite]:
         try:
-            return self._apply_or_undo(key, partition, raw_events, now, due, counts)
+            return self._apply(key, partition, raw_events, now, due, counts)
         except Exception:  # one bad event must not stop the partition: find it
             pass
         # One at a time: the events that fail are dead-lettered and leave the state as
-        # it was before them; the customer's other events are still applied.
+        # it was before them (``_apply`` writes nothing when it raises); the customer's
+        # other events are still applied, each on the state the previous one left.
         writes: list[ReadModelWrite] = []
         for event in raw_events:
             try:
-                writes = self._apply_or_undo(key, partition, [event], now, due, counts)
+                writes = self._apply(key, partition, [event], now, due, counts)
             except Exception as exc:
                 self._failed(key, event, exc, due, now)
         return writes
-
-    def _apply_or_undo(
-        self,
-        key: bytes,
-        partition: int,
-        raw_events: list[EventT],
-        now: float,
-        due: DueIndex | None,
-        counts: StatCounts,
-    ) -> list[ReadModelWrite]:
-        """:meth:`_apply`, or, when it raises, the customer's open writes as they were."""
-        saved = (self.records.savepoint(key, partition), self.timelines.savepoint(key, partition))
-        try:
-            return self._apply(key, partition, raw_events, now, due, counts)
-        except Exception:
-            self.records.restore(key, partition, saved[0])
-            self.timelines.restore(key, partition, saved[1])
-            raise
 
     def _apply(
         self,
@@ -178,57 +162,49 @@ class CustomerProcessor:
         due: DueIndex | None,
         counts: StatCounts,
     ) -> list[ReadModelWrite]:
-        """Step the customer through ``raw_events`` (timer markers fire due timers)."""
+        """Step the customer through ``raw_events`` (timer markers fire due timers).
+
+        Everything that can fail (decoding, the step, projecting, encoding) runs before
+        anything is written or sent, so a failure leaves no trace.
+        """
         state = self._load(key, partition)
         stored_timeline = self.timelines.get(key, partition)
         timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
+        timeline_changed = False
         outputs: list[StepOutputs] = []
         lags: list[float] = []
-        changed = False
-        timeline_changed = False
-        run: list[Event] = []
-
-        def step_run() -> None:
-            nonlocal state, timeline, changed, timeline_changed
-            if not run:
-                return
-            state, out = step(state, run, self.ctx, now, timeline)
-            run.clear()
-            outputs.append(out)
-            changed = changed or out.changed
-            if out.timeline is not None and out.timeline != timeline:
-                timeline = out.timeline
-                timeline_changed = True
-
-        for event in raw_events:
-            if not _is_timer_marker(event):
-                run.append(
+        for is_marker, group in groupby(raw_events, key=_is_timer_marker):
+            if not is_marker:
+                parsed = [
                     Event.from_record(
-                        orjson.loads(cast(bytes, event.message.value)), event.message.timestamp
+                        orjson.loads(cast(bytes, e.message.value)), e.message.timestamp
                     )
-                )
-                continue
-            step_run()
-            if state is None:
-                continue  # a marker for a customer with no record (nothing to fire)
-            lags.extend(now - t["due_at"] for t in state.timers if t["due_at"] <= now)
-            out = fire_timers(state, self.ctx, now)
+                    for e in group
+                ]
+                state, out = step(state, parsed, self.ctx, now, timeline)
+                if out.timeline is not None and out.timeline != timeline:
+                    timeline = out.timeline
+                    timeline_changed = True
+            elif state is not None:
+                lags.extend(now - t["due_at"] for t in state.timers if t["due_at"] <= now)
+                out = fire_timers(state, self.ctx, now)
+            else:
+                continue  # a marker for a customer with no record: nothing to fire
             outputs.append(out)
-            changed = changed or out.changed
-        step_run()
         if state is None:
             return []
-        # Project before anything is written or sent: a failure leaves no trace.
         # Duplicates re-project too: after a crash, replayed events are duplicates and
         # this is what makes the read model converge (whole values, idempotent).
         writes = project(state, now)
         encoded_timeline = orjson.dumps(timeline) if timeline_changed else stored_timeline
         if timeline:
             writes.append(timeline_write(state.customer_id, timeline, encoded_timeline))
-        if changed:
-            # The step's own encoding (after the size caps) when the last step made one.
-            encoded = outputs[-1].state_encoded if outputs else None
-            self.records.put(key, encoded or orjson.dumps(state), partition)
+        # The step's own encoding (after the size caps) when the last step made one.
+        changed = any(out.changed for out in outputs)
+        encoded = (outputs[-1].state_encoded or orjson.dumps(state)) if changed else None
+        # --- nothing below fails on bad input ---
+        if encoded is not None:
+            self.records.put(key, encoded, partition)
             if timeline_changed:
                 self.timelines.put(key, encoded_timeline, partition)
         if due is not None:

@@ -148,9 +148,6 @@ def checked(callback: DeliveryCallback, producer: OutputProducer) -> DeliveryCal
     return on_delivery
 
 
-_NOT_WRITTEN = object()
-
-
 @dataclass(slots=True)
 class Segment:
     """One batch's records of one partition, produced but not yet in RocksDB."""
@@ -221,18 +218,6 @@ class TableWriter:
 
     def put(self, key: bytes, value: bytes | None, partition: int) -> None:
         self._open.setdefault(partition, {})[key] = value
-
-    def savepoint(self, key: bytes, partition: int) -> object:
-        """The key's open write as it is now, for :meth:`restore`."""
-        return self._open.get(partition, {}).get(key, _NOT_WRITTEN)
-
-    def restore(self, key: bytes, partition: int, savepoint: object) -> None:
-        """Undo the key's open writes since ``savepoint`` (its event was dead-lettered)."""
-        records = self._open.setdefault(partition, {})
-        if savepoint is _NOT_WRITTEN:
-            records.pop(key, None)
-        else:
-            records[key] = savepoint  # type: ignore[assignment]
 
     def seal(self, partition: int, source_offset: int, headers: Headers) -> int:
         """Produce the partition's open writes to the changelog; keep them pending."""

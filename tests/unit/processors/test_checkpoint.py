@@ -194,15 +194,3 @@ def test_discard_forgets_pending_and_scan_sees_pending(writer: TableWriter) -> N
     writer.discard()
     assert writer.get(b"pending", 0) is None
     assert dict(writer.scan(0)) == {b"stored": b"s"}
-
-
-def test_restore_undoes_a_failed_events_writes(writer: TableWriter) -> None:
-    writer.put(b"k", b"before", 0)
-    saved = writer.savepoint(b"k", 0)
-    writer.put(b"k", b"half-done", 0)
-    writer.restore(b"k", 0, saved)
-    assert writer.get(b"k", 0) == b"before"
-    fresh = writer.savepoint(b"new", 0)
-    writer.put(b"new", b"x", 0)
-    writer.restore(b"new", 0, fresh)
-    assert writer.get(b"new", 0) is None

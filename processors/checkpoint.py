@@ -79,11 +79,14 @@ def source_header(writer: Writer, source_offset: int) -> Headers:
 
 
 def commit_metadata(writer: Writer, start: int) -> str:
-    return f"{METADATA_PREFIX}:{writer[0]}.{writer[1]}:{start}"
+    # The trailing NUL ends the string for readers that take it as a C string:
+    # confluent-kafka's TopicPartition.metadata reads past the end of the
+    # metadata without it (bytes of other memory came back, and failed to decode).
+    return f"{METADATA_PREFIX}:{writer[0]}.{writer[1]}:{start}\0"
 
 
 def parse_commit_metadata(offset: int, metadata: str | None) -> CommittedPosition:
-    parts = (metadata or "").split(":")
+    parts = (metadata or "").partition("\0")[0].split(":")
     if len(parts) == 3 and parts[0] == METADATA_PREFIX:
         try:
             return CommittedPosition(offset, _writer(parts[1]), int(parts[2]))
@@ -168,10 +171,18 @@ class CommittedOffsets:
                     f"cannot read the committed offset of {self._topic}[{tp.partition}]: "
                     f"{tp.error}; check the broker and the group's ACLs"
                 )
-            result[tp.partition] = (
-                None if tp.offset < 0 else parse_commit_metadata(tp.offset, tp.metadata)
-            )
+            result[tp.partition] = None if tp.offset < 0 else self._position(tp)
         return result
+
+    @staticmethod
+    def _position(tp: TopicPartition) -> CommittedPosition:
+        try:
+            metadata = tp.metadata
+        except UnicodeDecodeError:
+            # Metadata without our terminator (see commit_metadata): the offset alone.
+            log.warning("Unreadable commit metadata on %s[%d]", tp.topic, tp.partition)
+            return CommittedPosition(tp.offset)
+        return parse_commit_metadata(tp.offset, metadata)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -194,3 +194,12 @@ def test_discard_forgets_pending_and_scan_sees_pending(writer: TableWriter) -> N
     writer.discard()
     assert writer.get(b"pending", 0) is None
     assert dict(writer.scan(0)) == {b"stored": b"s"}
+
+
+def test_metadata_is_terminated_for_c_string_readers() -> None:
+    """confluent-kafka reads commit metadata as a C string and ran past its end."""
+    metadata = commit_metadata(CURRENT, 80)
+    assert metadata.endswith("\0")
+    assert parse_commit_metadata(120, metadata + "O\udcda#~U") == CommittedPosition(
+        120, CURRENT, 80
+    )

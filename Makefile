@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := .cache/.system-deps
 
-.PHONY: bootstrap up down status demo test test-unit test-integration lint bench clean
+.PHONY: bootstrap up down status demo test test-unit test-integration lint bench chaos clean
 
 bootstrap: $(STAMP) $(SYSTEM_STAMP) ## virtualenv, package, redis-server, prometheus, Kafka jars
 	@$(PY) -m devstack kafka-jars
@@ -55,6 +55,9 @@ test-integration: bootstrap
 
 bench: bootstrap ## benchmark: preload events, measure throughput and latency (figures, not a test)
 	$(PY) -m bench.run
+
+chaos: bootstrap ## faults on a schedule against the worker, scored against an oracle (~20 min)
+	$(PY) -m bench.chaos
 
 clean: down
 	rm -rf .omni

@@ -689,6 +689,21 @@ def score(
 
     actual_states = {k.decode(): orjson.loads(v) for (_p, k), v in customers.items()}
     s_score = oc.score_states(oracle.states, actual_states)
+    # How the dedup rings differ tells lost updates from missing events: the same ids in
+    # another order = an event applied again later (its first application was lost);
+    # ids missing = events never applied.
+    rings: Counter[str] = Counter()
+    for customer in s_score.differing:
+        want: list[int] = oracle.states[customer].get("seen_ids") or []
+        have: list[int] = actual_states[customer].get("seen_ids") or []
+        if want == have:
+            continue
+        if sorted(want) == sorted(have):
+            rings["same ids, other order"] += 1
+        elif set(want) - set(have):
+            rings["ids missing"] += 1
+        else:
+            rings["extra ids"] += 1
     actual_lines = {k.decode(): orjson.loads(v) for (_p, k), v in timelines.items()}
     timeline_differs = sorted(
         c for c, line in oracle.timelines.items() if line and actual_lines.get(c) != line
@@ -748,6 +763,7 @@ def score(
         "decisions": _score_dict(d_score),
         "states": {
             **_score_dict(s_score),
+            "dedup_rings": dict(rings),
             "poisoned_customers_differing": sorted(
                 c for c in s_score.differing if c in poisoned_customers
             )[:10],
@@ -927,6 +943,7 @@ def markdown(result: dict[str, Any]) -> str:
     if s["differing"]:
         lines += [
             f"State fields that differ (customers per field): {s['differing_fields']}. "
+            f"Dedup rings (seen_ids) against the oracle's: {s.get('dedup_rings') or '-'}. "
             f"Examples: {', '.join(list(s['differing_examples'])[:5])}.",
             "",
         ]

@@ -22,9 +22,16 @@ def without_acks(stream: StreamT[Any]) -> StreamT[Any]:
 async def adaptive_batches(stream: StreamT[Any], max_events: int) -> AsyncIterator[list[EventT]]:
     """Yield lists of events; the caller acks them (the stream must be ``noack()``)."""
     queue = stream.channel.queue  # type: ignore[attr-defined]
+    app = stream.app
     batch: list[EventT] = []
     async for event in stream.events():
         batch.append(event)
         if len(batch) >= max_events or queue.empty():
-            yield batch
+            generation = app.consumer_generation_id
+            if batch[0].message.generation_id != generation:
+                # Gathered across a rebalance: the partitions were sought back and deliver
+                # the older events again, in order; processing them now would reorder.
+                batch = [e for e in batch if e.message.generation_id == generation]
+            if batch:
+                yield batch
             batch = []

@@ -16,6 +16,31 @@ Otherwise (rebalancing, back-pressure) it falls back to Faust's path, which
 lets a rebalance interrupt a blocked delivery. The agents then find a whole
 fetch waiting in their queue and take it as one batch.
 
+Faust's bookkeeping of delivered and acked offsets had holes, each of which let
+a commit pass an event that was never processed, or process one out of order
+(measured: SIGKILL and rebalance runs lost triggers; ``bench.chaos``):
+
+* ``getmany`` drops the rest of a fetch when flow stops, the generation moves or
+  a partition is paused; the next fetch starts after the dropped records, and
+  the fetch loop recorded the hole as a gap (acked);
+* a delivery in flight across a rebalance recorded its (old) offset as the read
+  position *after* the new assignment's seek, so the re-fetched events below it
+  were dropped as "already delivered";
+* an event fetched before a rebalance could be acked (and processed) after it;
+* Faust resumes partitions before it seeks them to their committed offsets: in
+  between, records from wherever the client's position was were delivered (a
+  restarted worker forwarded an event before the one produced before it);
+* ``_new_offset`` commits past one unacked offset at the head of a partition
+  (its check is ``min(acked) - committed > 1``).
+
+Here every record of an acked topic must be the next one: when it is not, the
+partition is sought back and fetched again (:meth:`BulkDeliveryConsumer.check_position`;
+only a second miss at the same position is taken as offsets the broker does not
+have). A fetch is abandoned once a rebalance starts, acks of an old generation
+are ignored, and nothing is committed past an offset that was neither acked nor
+skipped by the broker: whatever else goes wrong becomes a visible stall
+(``/livez``, ``OmniPartitionStalled``), not a loss.
+
 It also flushes the worker's own producer (:mod:`processors.output`, which
 carries every record the agents emit) before any offset commit, so a commit
 never runs ahead of the outputs of the events it covers.
@@ -47,12 +72,130 @@ log = logging.getLogger(__name__)
 # health checks and the Redis writer keep running under a large backlog.
 DELIVERIES_PER_YIELD = 500
 
+#: :meth:`BulkDeliveryConsumer.check_position` verdicts (any other value: seek there).
+DELIVER = -1
+DROP = -2
+
 
 class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     """``faust.transport.drivers.aiokafka.Consumer`` with a bulk fetch loop."""
 
     #: tp -> commit metadata for the commit in progress (read by the consumer thread).
     commit_metadata: Mapping[TP, str] = {}
+    #: Bumped when a rebalance starts and when it assigns: a fetch (or a delivery in
+    #: flight) from before the bump belongs to an old assignment.
+    rebalances: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Partitions whose read offset is a seek position (the next offset to deliver,
+        #: None: 0) rather than the last offset delivered.
+        self._sought: set[TP] = set()
+        #: Sought partitions already sought again once because the fetch did not start
+        #: at the position: a second miss means the broker has no such offsets.
+        self._resought: set[TP] = set()
+        #: Assigned partitions not yet sought to their committed offsets: Faust resumes
+        #: them before it seeks, and the client's position can be anywhere meanwhile.
+        self._unpositioned: set[TP] = set()
+        #: Of those, the ones whose records were dropped meanwhile: sought again after.
+        self._dropped_unpositioned: set[TP] = set()
+        #: tp -> the first offset delivered since a seek, for partitions with no commit.
+        self._run_start: dict[TP, int] = {}
+        #: tp -> the committed offset last reported as a hole (log once per hole).
+        self._holes: dict[TP, int] = {}
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        self._unpositioned.clear()
+        self._sought.clear()
+        self._sought.update(self._read_offset)
+        self._resought.clear()
+        self._run_start.clear()
+        # Records fetched while the client's seek ran left some partitions fetching
+        # nothing more (measured: a restarted worker's partition stalled for good);
+        # seeking them again afterwards, from here, resumes them.
+        dropped, self._dropped_unpositioned = self._dropped_unpositioned, set()
+        for tp in dropped & set(self._read_offset):
+            await self.seek(tp, self._read_offset[tp] or 0)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        self._sought.add(partition)
+
+    def check_position(self, tp: TP, offset: int) -> int | None:
+        """Whether a fetched record of an acked topic is the next one to deliver.
+
+        Returns ``DELIVER``, ``DROP`` (delivered before), or the offset to seek back
+        to: records before this one were fetched but never delivered (Faust's
+        ``getmany`` drops the rest of a fetch when flow stops, the generation moves
+        or a partition is paused), so they are fetched again rather than skipped,
+        and nothing is committed past them or processed out of order.
+        """
+        if tp in self._unpositioned:
+            self._dropped_unpositioned.add(tp)
+            return DROP  # fetched again once sought
+        read_offset = self._read_offset[tp]
+        if tp in self._sought:
+            position = read_offset or 0
+            if offset < position:
+                return DROP
+            if offset > position:
+                if tp not in self._resought:
+                    self._resought.add(tp)
+                    return position
+                if read_offset is not None:  # with no commit, no head to account for
+                    self._skipped_by_broker(tp, position, offset)
+            self._sought.discard(tp)
+            self._resought.discard(tp)
+            if read_offset is None:
+                self._run_start[tp] = offset
+            return DELIVER
+        if read_offset is None:
+            return DELIVER
+        if offset <= read_offset:
+            return DROP
+        if offset > read_offset + 1:
+            return read_offset + 1
+        return DELIVER
+
+    def _skipped_by_broker(self, tp: TP, start: int, end: int) -> None:
+        """Offsets ``start`` to ``end - 1`` will never be delivered (transaction markers,
+        deleted by retention): they count as acked. (Faust's ``_add_gap`` cannot record
+        a gap at the committed offset itself.)"""
+        gaps = self._gap[tp]
+        gaps.addi(start, end)
+        gaps.merge_overlaps()
+
+    def ack(self, message: Message) -> bool:
+        if message.generation_id != self.app.consumer_generation_id:
+            # Fetched before a rebalance: its partition was sought back to the committed
+            # offset and delivers it again; acking this copy could commit the new one
+            # before it is processed.
+            return False
+        return cast(bool, super().ack(message))
+
+    def _new_offset(self, tp: TP) -> int | None:
+        # Faust commits past an unacked offset at the head (min(acked) - committed == 1).
+        committed = self._committed_offset[tp]
+        if committed is None:  # nothing committed yet: the run starts where delivery did
+            committed = self._run_start.get(tp)
+        acked = self._acked[tp]
+        if committed is not None and acked:
+            gaps = self._gap[tp]
+            head = min(min(acked), gaps.begin()) if gaps else min(acked)
+            if head > committed:
+                if self._holes.get(tp) != committed:
+                    self._holes[tp] = committed
+                    log.warning(
+                        "%s[%d]: offset %d was delivered but never acknowledged; offsets are "
+                        "not committed past it (the partition's events are processed again "
+                        "after a restart or rebalance)",
+                        tp.topic,
+                        tp.partition,
+                        committed,
+                    )
+                return None
+        return cast("int | None", super()._new_offset(tp))
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return CheckpointConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -87,6 +230,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         partition is revoked at a rebalance (aiokafka's eager protocol). What is not
         committed now is redone by the partitions' next owner.
         """
+        self.rebalances += 1
         checkpoint = self._checkpoint()
         if checkpoint is not None and not self.app.should_stop:
             try:
@@ -102,6 +246,8 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.rebalances += 1
+        self._unpositioned = set(assigned)
         checkpoint = self._checkpoint()
         if checkpoint is not None:
             checkpoint.on_assigned(
@@ -142,6 +288,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         consumer_stopped = cast(Service, self)._stopped.is_set
         fetcher_stopped = cast(Service, fetcher)._stopped.is_set
         read_offsets = self._read_offset
+        check_position = self.check_position
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         diag = self.diag
@@ -154,28 +301,56 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                 if consumer_stopped() or fetcher_stopped():
                     break
                 delivered = 0
+                # A rebalance can run whenever this loop awaits; the rest of the fetch
+                # (and the read offset of a delivery that spanned it) is then stale.
+                rebalance: int | None = None
+                rewound: set[TP] = set()
                 # Getting the first record suspends (the fetch itself): check after it.
-                ready: bool | None = None
+                ready = False
                 async for tp, message in fetched:
-                    if ready is None:
+                    if rebalance is None:  # the fetch has just returned
+                        rebalance = self.rebalances
                         ready = loop_ready()
-                    offset = message.offset
-                    read_offset = read_offsets[tp]
-                    if read_offset is not None and offset < read_offset:
-                        continue  # already delivered before a seek: drop it
-                    if read_offset and offset - read_offset > 1 and acks_enabled_for(tp.topic):
-                        await self._add_gap(tp, read_offset + 1, offset)
-                        ready = loop_ready()
+                    elif self.rebalances != rebalance:
+                        break
+                    if acks_enabled_for(tp.topic):
+                        if tp in rewound:
+                            continue  # fetched again from the rewind position
+                        verdict = check_position(tp, message.offset)
+                        if verdict == DROP:
+                            continue
+                        if verdict != DELIVER:
+                            rewound.add(tp)
+                            log.info(
+                                "%s[%d]: fetched offset %d where %d was expected (offsets "
+                                "fetched but not delivered): fetching again from %d",
+                                tp.topic,
+                                tp.partition,
+                                message.offset,
+                                verdict,
+                                verdict,
+                            )
+                            await self.seek(tp, cast(int, verdict))
+                            if self.rebalances != rebalance:
+                                break
+                            ready = loop_ready()
+                            continue
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
+                        if self.rebalances != rebalance:
+                            break
                         ready = loop_ready()
                     if ready and room_for(tp):
                         await callback(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         ready = loop_ready()
-                    read_offsets[tp] = offset
+                    if self.rebalances != rebalance:
+                        # Delivered into the new assignment, if at all: Faust's streams skip
+                        # events of an old generation, and the new seek stands.
+                        break
+                    read_offsets[tp] = message.offset
                     delivered += 1
                     if delivered % DELIVERIES_PER_YIELD == 0:
                         await asyncio.sleep(0)

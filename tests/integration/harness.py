@@ -8,6 +8,7 @@ messages and can run beside a ``make up`` stack.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from confluent_kafka import Consumer, KafkaError
+from confluent_kafka import Consumer, KafkaError, Message
 
 from devstack.ports import free_port
 from processors.settings import Settings
@@ -119,6 +120,31 @@ class WorkerProcess:
         except FileNotFoundError:
             return "(no log)"
 
+    def diagnose(self) -> str:
+        """What a failing test reports: lag and checkpoint gauges; task stacks go to the log.
+
+        (SIGUSR1 makes mode's worker log every task's stack.)
+        """
+        if self.process is None or self.process.poll() is not None:
+            return "worker not running"
+        self.process.send_signal(signal.SIGUSR1)
+        time.sleep(2)  # the dump is written while this test fails
+        try:
+            lines = self.metrics().splitlines()
+        except OSError as exc:
+            return f"metrics unreadable: {exc}"
+        wanted = (
+            "omni_consumer_lag",
+            "omni_consumer_committed_lag",
+            "omni_checkpoint_pending",
+            "omni_events_duplicate_total",
+            "omni_events_processed_total",
+            "omni_changelog_records_skipped_total",
+        )
+        return "\n".join(
+            line for line in lines if line.startswith(wanted) and not line.endswith(" 0.0")
+        )
+
     def metrics(self) -> str:
         with urllib.request.urlopen(
             f"http://127.0.0.1:{self.settings.metrics_port}/metrics", timeout=5
@@ -165,6 +191,14 @@ class TopicReader:
                 self.records.append(orjson.loads(message.value()))
                 self.keys.append(message.key())
         return self.records
+
+    def raw(self, seconds: float) -> list[Message]:
+        """Every message (undecoded) read within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        got: list[Message] = []
+        while time.monotonic() < deadline:
+            got.extend(m for m in self._consumer.consume(500, timeout=0.05) if not m.error())
+        return got
 
     def wait_for(
         self, predicate: Callable[[dict[str, Any]], bool], count: int = 1, timeout: float = 30.0

@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import orjson
@@ -23,6 +24,7 @@ import redis
 from processors.settings import Settings
 from producers.sdk import TouchpointProducer
 from producers.simulator import make_event
+from tests.integration.forensics import trace_customer
 from tests.integration.harness import TopicReader, WorkerProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,6 +47,24 @@ def roaming_events(customers: int, seed: int) -> tuple[list[dict[str, object]], 
             attach = {"country": countries[round_]}
             events.append(make_event(cid, "telco", "telco.network_attached", attach))
     return events, {str(e["event_id"]) for e in events[customers:]}
+
+
+def lost_customer(events: list[dict[str, object]], lost: set[str]) -> str:
+    return next(str(e["customer_id"]) for e in events if e["event_id"] in lost)
+
+
+def forwarded(settings: Settings, ids: set[str]) -> dict[int, list[int]]:
+    """partition -> offsets of the events ``ids`` on the customer-events topic."""
+    reader = TopicReader(settings, settings.customer_events_topic)
+    found: dict[int, list[int]] = {}
+    try:
+        for message in reader.raw(5.0):
+            value = message.value()
+            if value and orjson.loads(value).get("event_id") in ids:
+                found.setdefault(message.partition(), []).append(message.offset())
+    finally:
+        reader.close()
+    return found
 
 
 def test_sigkill_loses_no_trigger_decision_or_state(
@@ -86,8 +106,18 @@ def test_sigkill_loses_no_trigger_decision_or_state(
         wait_for(offers, 120, "an offer for every roaming event")
     except AssertionError:
         got = {t["source_event_id"] for t in sms.records if t["type"] == "roaming_offer"}
+        lost = expected - got
+        # What the worker decided for the lost ones says where they went.
+        decided = Counter(
+            f"{d['rule']}:{d['outcome']}:{d.get('reasons')}"
+            for d in decisions.poll(1.0)
+            if d.get("source_event_id") in lost
+        )
         raise AssertionError(
-            f"{len(expected - got)} of {len(expected)} offers lost after {kills} SIGKILLs"
+            f"{len(lost)} of {len(expected)} offers lost after {kills} SIGKILLs; "
+            f"their decisions: {dict(decided) or 'none'}; on customer-events at "
+            f"{forwarded(settings, lost)}; worker:\n{worker.diagnose()}\n"
+            + trace_customer(settings, lost_customer(events, lost))
         ) from None
     emitted = {
         d["source_event_id"]
@@ -116,4 +146,17 @@ def test_sigkill_loses_no_trigger_decision_or_state(
                 return False
         return True
 
-    wait_for(converged, 60, "every profile's last country in Redis")
+    try:
+        wait_for(converged, 60, "every profile's last country in Redis")
+    except AssertionError as exc:
+        wrong = {}
+        for cid, country in last.items():
+            raw = client.get(f"omni:profile:{cid}")
+            got = None if raw is None else orjson.loads(raw).get("last_country")
+            if got != country:
+                wrong[cid] = f"{got} (expected {country})"
+        example = next(iter(wrong))
+        raise AssertionError(
+            f"{exc}: {len(wrong)} wrong, e.g. {dict(list(wrong.items())[:3])}; "
+            f"worker:\n{worker.diagnose()}\n{trace_customer(settings, example)}"
+        ) from None

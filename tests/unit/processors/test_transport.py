@@ -1,0 +1,182 @@
+"""The consumer's offset bookkeeping: nothing is committed past an event that was not
+processed, and nothing acked from before a rebalance counts after it.
+
+These pin the Faust private names ``processors.transport`` builds on (``_acked``,
+``_gap``, ``_committed_offset``, ``_new_offset``, ``Message.generation_id``) and the
+Faust behaviour it corrects: if an upgrade changes either, these fail first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP, Message
+from prometheus_client import CollectorRegistry
+
+from processors.app import OmniApp, create_app
+from processors.settings import Settings
+from processors.transport import DELIVER, DROP, BulkDeliveryConsumer
+
+EVENTS = TP("omni.customer-events", 1)
+
+
+@pytest.fixture()
+def app() -> Iterator[OmniApp]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        # Nothing connects: the consumer is built, never started.
+        yield create_app(Settings(kafka_bootstrap="127.0.0.1:9"), CollectorRegistry())
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+@pytest.fixture()
+def consumer(app: OmniApp) -> BulkDeliveryConsumer:
+    consumer = app.consumer
+    assert isinstance(consumer, BulkDeliveryConsumer)
+    return consumer
+
+
+def bookkeeping(
+    consumer: BulkDeliveryConsumer, committed: int | None, acked: list[int]
+) -> BulkDeliveryConsumer:
+    consumer._committed_offset[EVENTS] = committed
+    consumer._acked[EVENTS] = list(acked)
+    consumer._acked_index[EVENTS] = set(acked)
+    return consumer
+
+
+def message(offset: int, generation: int | None) -> Message:
+    return Message(
+        EVENTS.topic,
+        EVENTS.partition,
+        offset,
+        0.0,
+        0,
+        None,
+        b"cx-1",
+        b"{}",
+        None,
+        tp=EVENTS,
+        generation_id=generation,
+    )
+
+
+class TestNewOffset:
+    def test_faust_alone_commits_past_an_unacked_head_offset(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        # The bug the override exists for: offset 10 was never acked, Faust commits 13.
+        bookkeeping(consumer, committed=10, acked=[11, 12])
+        assert faust_aiokafka.Consumer._new_offset(consumer, EVENTS) == 13
+
+    def test_an_unacked_head_offset_holds_the_commit(self, consumer: BulkDeliveryConsumer) -> None:
+        bookkeeping(consumer, committed=10, acked=[11, 12])
+        assert consumer._new_offset(EVENTS) is None
+        assert consumer._acked[EVENTS] == [11, 12]  # kept for when 10 is acked
+
+    def test_the_commit_moves_once_the_head_is_acked(self, consumer: BulkDeliveryConsumer) -> None:
+        bookkeeping(consumer, committed=10, acked=[11, 12, 10, 14])
+        assert consumer._new_offset(EVENTS) == 13
+        assert consumer._acked[EVENTS] == [14]
+
+    def test_offsets_the_broker_skipped_at_the_head_count_as_acked(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        bookkeeping(consumer, committed=10, acked=[12, 13])
+        consumer._skipped_by_broker(EVENTS, 10, 12)  # e.g. transaction markers
+        assert consumer._new_offset(EVENTS) == 14
+
+    def test_without_a_committed_offset_the_run_starts_at_the_first_delivery(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        sought_at(consumer, None)
+        assert consumer.check_position(EVENTS, 3) == 0
+        assert consumer.check_position(EVENTS, 3) == DELIVER  # the log starts at 3
+        bookkeeping(consumer, committed=None, acked=[4, 5])
+        assert consumer._new_offset(EVENTS) is None  # 3 was delivered, never acked
+        consumer._acked[EVENTS].append(3)
+        assert consumer._new_offset(EVENTS) == 6
+
+
+def sought_at(consumer: BulkDeliveryConsumer, position: int | None) -> BulkDeliveryConsumer:
+    """As after a seek to ``position`` (None: no committed offset)."""
+    consumer._read_offset[EVENTS] = position
+    consumer._sought.add(EVENTS)
+    return consumer
+
+
+class TestCheckPosition:
+    def test_records_in_order_are_delivered(self, consumer: BulkDeliveryConsumer) -> None:
+        sought_at(consumer, 10)
+        assert consumer.check_position(EVENTS, 10) == DELIVER
+        consumer._read_offset[EVENTS] = 10
+        assert consumer.check_position(EVENTS, 11) == DELIVER
+
+    def test_nothing_is_delivered_between_assignment_and_seek(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        # Faust resumes partitions before it seeks them: the client's position is stale.
+        consumer._unpositioned.add(EVENTS)
+        assert consumer.check_position(EVENTS, 380) == DROP
+        consumer._unpositioned.clear()  # as perform_seek does
+        sought_at(consumer, 40)
+        assert consumer.check_position(EVENTS, 380) == 40
+
+    def test_records_before_the_position_are_dropped(self, consumer: BulkDeliveryConsumer) -> None:
+        sought_at(consumer, 10)
+        assert consumer.check_position(EVENTS, 9) == DROP
+        consumer._sought.clear()
+        consumer._read_offset[EVENTS] = 10  # delivered
+        assert consumer.check_position(EVENTS, 10) == DROP
+
+    def test_a_hole_after_a_delivery_is_fetched_again(self, consumer: BulkDeliveryConsumer) -> None:
+        consumer._read_offset[EVENTS] = 10
+        assert consumer.check_position(EVENTS, 14) == 11
+        assert not consumer._gap[EVENTS]  # nothing counts as done
+
+    def test_a_fetch_that_starts_past_the_seek_is_fetched_again_once(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        sought_at(consumer, 10)
+        assert consumer.check_position(EVENTS, 12) == 10
+        # Again past it: the broker has no offsets 10 and 11 (e.g. transaction markers).
+        assert consumer.check_position(EVENTS, 12) == DELIVER
+        bookkeeping(consumer, committed=10, acked=[12])
+        assert consumer._new_offset(EVENTS) == 13
+
+    def test_without_a_commit_the_first_record_must_be_offset_zero(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        sought_at(consumer, None)
+        assert consumer.check_position(EVENTS, 5) == 0
+        # The log starts at 5 (retention): delivered, with no gap to account for.
+        assert consumer.check_position(EVENTS, 5) == DELIVER
+        assert not consumer._gap[EVENTS]
+
+
+class TestAck:
+    @pytest.fixture(autouse=True)
+    def acking(self, app: OmniApp) -> None:
+        app.topics.acking_topics.add(EVENTS.topic)
+        app.consumer_generation_id = 7
+
+    def test_an_event_of_the_current_generation_is_acked(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        assert consumer.ack(message(5, generation=7))
+        assert consumer._acked[EVENTS] == [5]
+
+    def test_an_event_fetched_before_a_rebalance_is_not(
+        self, consumer: BulkDeliveryConsumer
+    ) -> None:
+        # Its partition was sought back: the copy delivered again must be processed first.
+        assert not consumer.ack(message(5, generation=6))
+        assert consumer._acked[EVENTS] == []
+        assert consumer.ack(message(5, generation=7))
+        assert consumer._acked[EVENTS] == [5]

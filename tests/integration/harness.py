@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from devstack.ports import free_port
 from processors.settings import Settings
@@ -150,6 +150,23 @@ class WorkerProcess:
             f"http://127.0.0.1:{self.settings.metrics_port}/metrics", timeout=5
         ) as response:
             return str(response.read().decode())
+
+
+def committed_to_end(settings: Settings, topic: str) -> bool:
+    """Whether the worker's group has committed every record of ``topic``."""
+    consumer = Consumer(
+        {**settings.kafka_client_config(), "group.id": settings.app_id, "enable.auto.commit": False}
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        for tp in consumer.committed(wanted, timeout=10):
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            if high > 0 and tp.offset < high:
+                return False
+        return True
+    finally:
+        consumer.close()
 
 
 def http_status(url: str) -> int | None:

@@ -24,6 +24,7 @@ from tests.integration.harness import (
     ROOT,
     TopicReader,
     WorkerProcess,
+    committed_to_end,
     make_settings,
     settings_env,
     wait_for,
@@ -114,6 +115,9 @@ def test_omni_redis_rebuild_restores_deleted_keys(
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     profile_key = f"omni:profile:{cid}"
     before = wait_for(lambda: client.get(profile_key), 20, "the profile")
+    # The rebuild restores committed state only: the commit follows the Redis write.
+    topic = settings.customer_events_topic
+    wait_for(lambda: committed_to_end(settings, topic), 30, f"the commit of {topic}")
     client.delete(profile_key)
 
     result = subprocess.run(

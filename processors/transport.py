@@ -115,8 +115,17 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         # nothing more (measured: a restarted worker's partition stalled for good);
         # seeking them again afterwards, from here, resumes them.
         dropped, self._dropped_unpositioned = self._dropped_unpositioned, set()
-        for tp in dropped & set(self._read_offset):
-            await self.seek(tp, self._read_offset[tp] or 0)
+        for tp in dropped & self.assignment():
+            try:
+                await self.seek(tp, self._read_offset.get(tp) or 0)
+            except Exception as exc:  # e.g. revoked meanwhile; check_position still rewinds
+                log.warning(
+                    "%s[%d]: seeking again after the assignment failed (%r); the partition is "
+                    "sought back when its next record is fetched",
+                    tp.topic,
+                    tp.partition,
+                    exc,
+                )
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
@@ -134,7 +143,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         if tp in self._unpositioned:
             self._dropped_unpositioned.add(tp)
             return DROP  # fetched again once sought
-        read_offset = self._read_offset[tp]
+        read_offset = self._read_offset.get(tp)
         if tp in self._sought:
             position = read_offset or 0
             if offset < position:

@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.checkpoint import SOURCE_HEADER, header_value
 from processors.settings import Settings
+from tests.integration.harness import committed_positions
 
 
 def _read(settings: Settings, topic: str, key: bytes) -> list[str]:
@@ -69,15 +70,10 @@ def _read(settings: Settings, topic: str, key: bytes) -> list[str]:
 
 
 def committed(settings: Settings, topic: str) -> list[str]:
-    consumer = Consumer(
-        {**settings.kafka_client_config(), "group.id": settings.app_id, "enable.auto.commit": False}
-    )
-    try:
-        partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
-        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return [f"  [{tp.partition}] {tp.offset} {tp.metadata!r}" for tp in found]
-    finally:
-        consumer.close()
+    return [
+        f"  [{tp.partition}] {tp.offset} of {high} {tp.metadata!r}"
+        for tp, high in committed_positions(settings, topic)
+    ]
 
 
 def trace_customer(settings: Settings, customer_id: str) -> str:

@@ -152,21 +152,26 @@ class WorkerProcess:
             return str(response.read().decode())
 
 
-def committed_to_end(settings: Settings, topic: str) -> bool:
-    """Whether the worker's group has committed every record of ``topic``."""
+def committed_positions(settings: Settings, topic: str) -> list[tuple[TopicPartition, int]]:
+    """The worker group's committed position (with metadata) and the end of each
+    partition of ``topic``. (Asks for offsets only: the client never joins the group.)"""
     consumer = Consumer(
         {**settings.kafka_client_config(), "group.id": settings.app_id, "enable.auto.commit": False}
     )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         wanted = [TopicPartition(topic, p) for p in partitions]
-        for tp in consumer.committed(wanted, timeout=10):
-            _, high = consumer.get_watermark_offsets(tp, timeout=10)
-            if high > 0 and tp.offset < high:
-                return False
-        return True
+        return [
+            (tp, consumer.get_watermark_offsets(tp, timeout=10)[1])
+            for tp in consumer.committed(wanted, timeout=10)
+        ]
     finally:
         consumer.close()
+
+
+def committed_to_end(settings: Settings, topic: str) -> bool:
+    """Whether the worker's group has committed every record of ``topic``."""
+    return all(high == 0 or tp.offset >= high for tp, high in committed_positions(settings, topic))
 
 
 def http_status(url: str) -> int | None:

@@ -96,8 +96,10 @@ class TestNewOffset:
         self, consumer: BulkDeliveryConsumer
     ) -> None:
         sought_at(consumer, None)
-        assert consumer.check_position(EVENTS, 3) == 0
-        assert consumer.check_position(EVENTS, 3) == DELIVER  # the log starts at 3
+        assert consumer.check_position(EVENTS, 3) == 0  # the first record must be offset 0
+        # Again at 3: the log starts there (retention); no gap to account for.
+        assert consumer.check_position(EVENTS, 3) == DELIVER
+        assert not consumer._gap[EVENTS]
         bookkeeping(consumer, committed=None, acked=[4, 5])
         assert consumer._new_offset(EVENTS) is None  # 3 was delivered, never acked
         consumer._acked[EVENTS].append(3)
@@ -149,15 +151,6 @@ class TestCheckPosition:
         assert consumer.check_position(EVENTS, 12) == DELIVER
         bookkeeping(consumer, committed=10, acked=[12])
         assert consumer._new_offset(EVENTS) == 13
-
-    def test_without_a_commit_the_first_record_must_be_offset_zero(
-        self, consumer: BulkDeliveryConsumer
-    ) -> None:
-        sought_at(consumer, None)
-        assert consumer.check_position(EVENTS, 5) == 0
-        # The log starts at 5 (retention): delivered, with no gap to account for.
-        assert consumer.check_position(EVENTS, 5) == DELIVER
-        assert not consumer._gap[EVENTS]
 
 
 class TestAck:

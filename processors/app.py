@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faust
 from faust.types import StreamT, TableT
 from faust.types.transports import TransportT
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -25,6 +24,7 @@ from processors.customer import CustomerProcessor
 from processors.domain.contact import ContactPolicy
 from processors.domain.policy import DAY, Policy
 from processors.domain.step import StepContext
+from processors.faust_adapter import FaustApp, check_versions
 from processors.health import PartitionProgress
 from processors.ingest import Ingest
 from processors.metrics import Metrics
@@ -69,10 +69,10 @@ class Pipeline:
     progress: PartitionProgress
 
 
-class OmniApp(faust.App):
+class OmniApp(FaustApp):
     pipeline: Pipeline
 
-    def _new_transport(self) -> TransportT:
+    def new_transport(self) -> TransportT:
         # Bulk delivery from the fetch loop, so agents see real batches.
         return new_transport(self)
 
@@ -109,6 +109,7 @@ def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:
     """The worker's app. A bad rule file raises ``RuleFileError`` naming it: fix and restart."""
+    check_versions()
     ruleset = load_ruleset(Path(settings.rules_dir), settings.rule_delays())
     app = OmniApp(
         settings.app_id,

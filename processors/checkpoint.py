@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
-from faust.stores import rocksdb as faust_rocksdb
-from faust.tables import Table
 from faust.types import TP, EventT
 from rocksdict import WriteBatch
+
+from processors.faust_adapter import CHANGELOG_OFFSET_KEY, FaustRocksDBStore, FaustTable
 
 if TYPE_CHECKING:
     from processors.output import Headers, OutputProducer, TableWriter
@@ -315,7 +315,7 @@ class Checkpoint:
 # --- recovery ------------------------------------------------------------------------
 
 
-class CheckpointedStore(faust_rocksdb.Store):
+class CheckpointedStore(FaustRocksDBStore):
     """Faust's RocksDB store whose changelog recovery skips uncommitted records."""
 
     def apply_changelog_batch(
@@ -350,17 +350,17 @@ class CheckpointedStore(faust_rocksdb.Store):
                 write = batches[tp.partition] = WriteBatch(raw_mode=True)
             # Past the skipped records too: they stay uncommitted for good (their input is
             # redone by this or a later generation, which writes the keys again).
-            write.put(self.offset_key, str(offset).encode())
+            write.put(CHANGELOG_OFFSET_KEY, str(offset).encode())
         for partition, write in batches.items():
-            self._db_for_partition(partition).write(write)
+            self.partition_db(partition).write(write)
         if skipped:
             checkpoint.skipped_on_recovery(skipped)
 
 
-class CheckpointedTable(Table):
+class CheckpointedTable(FaustTable):
     """A table on :class:`CheckpointedStore` (Faust's ``Table`` app setting)."""
 
-    def _new_store_by_url(self, url: Any) -> Any:
+    def new_store(self, url: Any) -> Any:
         if str(url).startswith("rocksdb:"):
             return CheckpointedStore(
                 url,
@@ -374,4 +374,4 @@ class CheckpointedTable(Table):
                 loop=self.loop,
                 options=self.options,
             )
-        return super()._new_store_by_url(url)
+        return super().new_store(url)

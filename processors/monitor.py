@@ -16,6 +16,8 @@ from typing import Any
 from faust.sensors import Monitor
 from faust.types import TP, EventT, Message, StreamT
 
+from processors.faust_adapter import note_stream_inbound
+
 
 class LeanMonitor(Monitor):
     def on_message_in(self, tp: TP, offset: int, message: Message) -> None:
@@ -24,7 +26,7 @@ class LeanMonitor(Monitor):
     def on_stream_event_in(
         self, tp: TP, offset: int, stream: StreamT, event: EventT
     ) -> dict[str, Any] | None:
-        self.stream_inbound_time[tp] = monotonic()
+        note_stream_inbound(self, tp, monotonic())
         return None
 
     def on_stream_event_out(

@@ -32,11 +32,13 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, Message, Producer
 from faust.types import TableT
 from rocksdict import ReadOptions, WriteBatch
+
+from processors.faust_adapter import CHANGELOG_OFFSET_KEY, FaustRocksDBStore
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +184,8 @@ class TableWriter:
         self._segments: dict[int, deque[Segment]] = {}
 
     @property
-    def _store(self) -> Any:
-        return self.table.data  # faust.stores.rocksdb.Store
+    def _store(self) -> FaustRocksDBStore:
+        return cast(FaustRocksDBStore, self.table.data)  # a CheckpointedStore
 
     def get(self, key: bytes, partition: int) -> bytes | None:
         records = self._open.get(partition)
@@ -192,7 +194,7 @@ class TableWriter:
         for segment in reversed(self._segments.get(partition, ())):
             if key in segment.records:
                 return segment.records[key]
-        value: bytes | None = self._store._db_for_partition(partition).get(key)
+        value: bytes | None = self._store.partition_db(partition).get(key)
         return value
 
     def scan(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
@@ -205,12 +207,15 @@ class TableWriter:
         for segment in self._segments.get(partition, ()):
             pending.update(segment.records)
         pending.update(self._open.get(partition, {}))
-        store = self._store
         options = ReadOptions()
         options.fill_cache(False)  # type: ignore[call-arg]  # the stub lacks the flag
-        offset_key = store.offset_key
-        for key, value in store._db_for_partition(partition).items(read_opt=options):
-            if key != offset_key and key not in pending:  # offset_key: Faust's bookkeeping
+        # Opened in raw mode: keys and values are bytes.
+        stored = cast(
+            Iterator[tuple[bytes, bytes]],
+            self._store.partition_db(partition).items(read_opt=options),
+        )
+        for key, value in stored:
+            if key != CHANGELOG_OFFSET_KEY and key not in pending:
                 yield key, value
         for key, pending_value in pending.items():
             if pending_value is not None:
@@ -258,11 +263,10 @@ class TableWriter:
             written += len(segment.records)
             if segment.changelog_offset is not None:
                 changelog_offset = max(changelog_offset, segment.changelog_offset)
-        store = self._store
         if changelog_offset >= 0:
             # Faust's recovery starts after this offset; in the same write as the state.
-            batch.put(store.offset_key, str(changelog_offset).encode())
-        store._db_for_partition(partition).write(batch)
+            batch.put(CHANGELOG_OFFSET_KEY, str(changelog_offset).encode())
+        self._store.partition_db(partition).write(batch)
         return written
 
     def discard(self) -> None:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, cast
 from aiohttp import web
 from mode import Service
 
+from processors.faust_adapter import FaustConsumer, recovery_completed, recovery_remaining
 from processors.health import liveness
 from processors.rulebook import try_reload
 
 if TYPE_CHECKING:
-    from faust.tables.manager import TableManager
     from faust.types import TP
 
     from processors.app import OmniApp
@@ -41,9 +41,7 @@ class WorkerRuntime(Service):
         app = self.app
         try:
             return (
-                not app.rebalancing
-                and cast("TableManager", app.tables).recovery.completed.is_set()
-                and bool(app.consumer.assignment())
+                not app.rebalancing and recovery_completed(app) and bool(app.consumer.assignment())
             )
         except Exception:  # consumer not started yet
             return False
@@ -166,8 +164,7 @@ class WorkerRuntime(Service):
         metrics.ready.set(1 if ready else 0)
         metrics.read_model_lag.set(pipeline.writer.lag_seconds)
         try:
-            tables = cast("TableManager", self.app.tables)
-            metrics.recovery_remaining.set(tables.recovery.active_remaining_total())
+            metrics.recovery_remaining.set(recovery_remaining(self.app))
             consumer = self.app.consumer
             assigned = {tp for tp in consumer.assignment() if tp.topic in pipeline.source_topics}
             self._forget_partitions(self._gauged - assigned)
@@ -193,7 +190,7 @@ class WorkerRuntime(Service):
         consumer = self.app.consumer
         # Faust's own record of the committed offset: read at assignment (so a restarted
         # worker has a baseline before its first batch) and updated by every commit.
-        committed = getattr(consumer, "_committed_offset", {}).get(tp)
+        committed = cast(FaustConsumer, consumer).committed_offsets.get(tp)
         if committed is not None:
             progress.committed(tp, committed, now)
         if highwater is None:

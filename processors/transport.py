@@ -62,9 +62,17 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerT, Message
-from mode import Service, ServiceT
+from mode import ServiceT
 
 from processors.checkpoint import Checkpoint
+from processors.faust_adapter import (
+    FaustConsumer,
+    FaustConsumerThread,
+    consumer_generation,
+    delivery_would_block_checks,
+    message_generation,
+    service_stopped_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +85,36 @@ DELIVER = -1
 DROP = -2
 
 
-class BulkDeliveryConsumer(faust_aiokafka.Consumer):
+class CheckpointConsumerThread(FaustConsumerThread):
+    """Faust's aiokafka consumer thread, committing with the checkpoint's metadata."""
+
+    async def commit_to_broker(self, offsets: Mapping[TP, int]) -> bool:
+        consumer = self.kafka_consumer()
+        assignment = self.assignment()
+        metadata = cast(BulkDeliveryConsumer, self.consumer).commit_metadata
+        committable = {
+            TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, metadata.get(tp, ""))
+            for tp, offset in offsets.items()
+            if tp in assignment
+        }
+        self.tp_last_committed_at.update({tp: monotonic() for tp in offsets if tp in assignment})
+        try:
+            await consumer.commit(committable)
+        except CommitFailedError as exc:
+            # The group rebalanced: not committed; the events are redone by their owner.
+            log.warning("Commit refused by the group (%s); the events are processed again", exc)
+            return False
+        except Exception as exc:
+            log.exception("Commit failed: %r", exc)
+            await self.crash(exc)
+            return False
+        return True
+
+
+class BulkDeliveryConsumer(FaustConsumer):
     """``faust.transport.drivers.aiokafka.Consumer`` with a bulk fetch loop."""
+
+    consumer_thread = CheckpointConsumerThread
 
     #: tp -> commit metadata for the commit in progress (read by the consumer thread).
     commit_metadata: Mapping[TP, str] = {}
@@ -108,7 +144,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         await super().perform_seek()
         self._unpositioned.clear()
         self._sought.clear()
-        self._sought.update(self._read_offset)
+        self._sought.update(self.read_offsets)
         self._resought.clear()
         self._run_start.clear()
         # Records fetched while the client's seek ran left some partitions fetching
@@ -117,7 +153,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         dropped, self._dropped_unpositioned = self._dropped_unpositioned, set()
         for tp in dropped & self.assignment():
             try:
-                await self.seek(tp, self._read_offset.get(tp) or 0)
+                await self.seek(tp, self.read_offsets.get(tp) or 0)
             except Exception as exc:  # e.g. revoked meanwhile; check_position still rewinds
                 log.warning(
                     "%s[%d]: seeking again after the assignment failed (%r); the partition is "
@@ -143,7 +179,7 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         if tp in self._unpositioned:
             self._dropped_unpositioned.add(tp)
             return DROP  # fetched again once sought
-        read_offset = self._read_offset.get(tp)
+        read_offset = self.read_offsets.get(tp)
         if tp in self._sought:
             position = read_offset or 0
             if offset < position:
@@ -171,26 +207,26 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         """Offsets ``start`` to ``end - 1`` will never be delivered (transaction markers,
         deleted by retention): they count as acked. (Faust's ``_add_gap`` cannot record
         a gap at the committed offset itself.)"""
-        gaps = self._gap[tp]
+        gaps = self.gaps[tp]
         gaps.addi(start, end)
         gaps.merge_overlaps()
 
     def ack(self, message: Message) -> bool:
-        if message.generation_id != self.app.consumer_generation_id:
+        if message_generation(message) != consumer_generation(self.app):
             # Fetched before a rebalance: its partition was sought back to the committed
             # offset and delivers it again; acking this copy could commit the new one
             # before it is processed.
             return False
         return cast(bool, super().ack(message))
 
-    def _new_offset(self, tp: TP) -> int | None:
+    def committable_offset(self, tp: TP) -> int | None:
         # Faust commits past an unacked offset at the head (min(acked) - committed == 1).
-        committed = self._committed_offset[tp]
+        committed = self.committed_offsets[tp]
         if committed is None:  # nothing committed yet: the run starts where delivery did
             committed = self._run_start.get(tp)
-        acked = self._acked[tp]
+        acked = self.acked_offsets[tp]
         if committed is not None and acked:
-            gaps = self._gap[tp]
+            gaps = self.gaps[tp]
             head = min(min(acked), gaps.begin()) if gaps else min(acked)
             if head > committed:
                 if self._holes.get(tp) != committed:
@@ -204,16 +240,13 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                         committed,
                     )
                 return None
-        return cast("int | None", super()._new_offset(tp))
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return CheckpointConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return super().committable_offset(tp)
 
     def _checkpoint(self) -> Checkpoint | None:
         pipeline = getattr(self.app, "pipeline", None)
         return None if pipeline is None else cast(Checkpoint, pipeline.checkpoint)
 
-    async def _commit_offsets(
+    async def commit_offsets(
         self, offsets: Mapping[TP, int], start_new_transaction: bool = True
     ) -> bool:
         # Every commit path (interval, rebalance, shutdown) comes through here: it is
@@ -221,11 +254,11 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         # committed, then local state.
         checkpoint = self._checkpoint()
         if checkpoint is None:
-            return cast(bool, await super()._commit_offsets(offsets, start_new_transaction))
+            return await super().commit_offsets(offsets, start_new_transaction)
         self.commit_metadata = await checkpoint.before_commit(offsets)
         assignment = self.assignment()
         try:
-            committed: bool = await super()._commit_offsets(offsets, start_new_transaction)
+            committed = await super().commit_offsets(offsets, start_new_transaction)
         finally:
             self.commit_metadata = {}
         if committed:
@@ -275,30 +308,25 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
         app = self.app
         flow_control_active = app.flow_control.is_active
         producer_buffer = app.producer.buffer
-        conductor = app.topics
-        subscribers = conductor._tp_index  # type: ignore[attr-defined]
-        callback_lock = conductor._tp_to_callback_lock  # type: ignore[attr-defined]
+        callback_lock_free, room_for = delivery_would_block_checks(app)
 
         def loop_ready() -> bool:
             return (
                 flow_control_active()
-                and not callback_lock.locked()
+                and callback_lock_free()
                 and producer_buffer.size <= producer_buffer.max_messages
             )
 
-        def room_for(tp: TP) -> bool:
-            return not any(channel.queue.full() for channel in subscribers.get(tp, ()))
-
         return loop_ready, room_for
 
-    async def _drain_messages(self, fetcher: ServiceT) -> None:
+    async def drain_messages(self, fetcher: ServiceT) -> None:
         callback = self.callback
         loop_ready, room_for = self._delivery_is_immediate()
-        consumer_stopped = cast(Service, self)._stopped.is_set
-        fetcher_stopped = cast(Service, fetcher)._stopped.is_set
-        read_offsets = self._read_offset
+        consumer_stopped = self.stopped_check()
+        fetcher_stopped = service_stopped_check(fetcher)
+        read_offsets = self.read_offsets
         check_position = self.check_position
-        commit_every = self._commit_every
+        commit_every = self.commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         diag = self.diag
         try:
@@ -344,8 +372,8 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
                                 break
                             ready = loop_ready()
                             continue
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
+                    if commit_every is not None and self.acks_since_commit >= commit_every:
+                        self.acks_since_commit = 0
                         await self.commit()
                         if self.rebalances != rebalance:
                             break
@@ -376,32 +404,6 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
             raise
         finally:
             diag.unset_flag(CONSUMER_FETCHING)
-
-
-class CheckpointConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread, committing with the checkpoint's metadata."""
-
-    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
-        consumer = self._ensure_consumer()
-        assignment = self.assignment()
-        metadata = cast(BulkDeliveryConsumer, self.consumer).commit_metadata
-        committable = {
-            TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, metadata.get(tp, ""))
-            for tp, offset in offsets.items()
-            if tp in assignment
-        }
-        self.tp_last_committed_at.update({tp: monotonic() for tp in offsets if tp in assignment})
-        try:
-            await consumer.commit(committable)
-        except CommitFailedError as exc:
-            # The group rebalanced: not committed; the events are redone by their owner.
-            log.warning("Commit refused by the group (%s); the events are processed again", exc)
-            return False
-        except Exception as exc:
-            log.exception("Commit failed: %r", exc)
-            await self.crash(exc)
-            return False
-        return True
 
 
 class BulkDeliveryTransport(faust_aiokafka.Transport):

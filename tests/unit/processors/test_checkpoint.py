@@ -19,6 +19,7 @@ from processors.checkpoint import (
     record_is_committed,
     source_header,
 )
+from processors.faust_adapter import CHANGELOG_OFFSET_KEY
 from processors.output import TableWriter
 
 OLD = (4, 1_000)
@@ -113,12 +114,10 @@ def test_header_value_reads_both_client_formats() -> None:
 class Store:
     """The two things TableWriter uses of Faust's RocksDB store, on real RocksDB."""
 
-    offset_key = b"__faust\0offset__"
-
     def __init__(self, path: Path) -> None:
         self.db = Rdict(str(path), options=Options(raw_mode=True))  # as Faust opens it
 
-    def _db_for_partition(self, partition: int) -> Rdict:
+    def partition_db(self, partition: int) -> Rdict:
         return self.db
 
 
@@ -177,11 +176,11 @@ def test_pending_writes_are_read_but_not_stored_until_committed(writer: TableWri
     # The commit covers offset 10 only (11 still waits for Redis): only batch 10 is stored.
     assert writer.write_committed(0, 11) == 1
     assert db.get(b"k") == b"v1"
-    assert db.get(Store.offset_key) == b"100"
+    assert db.get(CHANGELOG_OFFSET_KEY) == b"100"
     assert writer.get(b"k", 0) == b"v2"
     assert writer.write_committed(0, 12) == 1
     assert db.get(b"k") == b"v2"
-    assert db.get(Store.offset_key) == b"101"
+    assert db.get(CHANGELOG_OFFSET_KEY) == b"101"
 
 
 def test_discard_forgets_pending_and_scan_sees_pending(writer: TableWriter) -> None:

@@ -182,7 +182,7 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.highwaters: dict[TP, int | None] = {}
         self.positions: dict[TP, int] = {}
-        self._committed_offset: dict[TP, int | None] = {}
+        self.committed_offsets: dict[TP, int | None] = {}
         self.earliest: dict[TP, int] = {}
         self.earliest_asked: list[TP] = []
 
@@ -253,7 +253,7 @@ def test_stalled_partition_fails_livez_and_is_exported(
     consumer: FakeConsumer = runtime.app.consumer  # type: ignore[assignment]
     progress = runtime.app.pipeline.progress
     consumer.highwaters = {EVENTS: 50, WEB: 7}
-    consumer._committed_offset = {EVENTS: 40, WEB: 7}  # Faust's, read at assignment
+    consumer.committed_offsets = {EVENTS: 40, WEB: 7}  # Faust's, read at assignment
     tick(runtime, now=0.0)
     assert gauge(runtime, "omni_consumer_committed_lag_messages", EVENTS) == 10
     assert gauge(runtime, "omni_partition_stalled", EVENTS) == 0
@@ -277,7 +277,7 @@ def test_not_ready_never_fails_livez(
 ) -> None:
     consumer: FakeConsumer = runtime.app.consumer  # type: ignore[assignment]
     consumer.highwaters = {EVENTS: 50}
-    consumer._committed_offset = {EVENTS: 40}
+    consumer.committed_offsets = {EVENTS: 40}
     tick(runtime, now=0.0)
     monkeypatch.setattr("processors.runtime.time.monotonic", lambda: 10 * STALL)
     runtime.app.rebalancing = True
@@ -297,7 +297,7 @@ def test_new_group_asks_for_the_log_start_once(runtime: WorkerRuntime) -> None:
 def test_revoked_partitions_stop_being_exported(runtime: WorkerRuntime) -> None:
     consumer: FakeConsumer = runtime.app.consumer  # type: ignore[assignment]
     consumer.highwaters = {EVENTS: 50, WEB: 7}
-    consumer._committed_offset = {EVENTS: 40, WEB: 7}
+    consumer.committed_offsets = {EVENTS: 40, WEB: 7}
     tick(runtime, now=0.0)
     del consumer.highwaters[EVENTS]  # revoked
     tick(runtime, now=1.0)

@@ -1,9 +1,9 @@
 """The consumer's offset bookkeeping: nothing is committed past an event that was not
 processed, and nothing acked from before a rebalance counts after it.
 
-These pin the Faust private names ``processors.transport`` builds on (``_acked``,
-``_gap``, ``_committed_offset``, ``_new_offset``, ``Message.generation_id``) and the
-Faust behaviour it corrects: if an upgrade changes either, these fail first.
+They also pin the Faust behaviour it corrects (through the names of
+:mod:`processors.faust_adapter`, whose own tests pin the names): if an upgrade changes
+it, these fail first.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def consumer(app: OmniApp) -> BulkDeliveryConsumer:
 def bookkeeping(
     consumer: BulkDeliveryConsumer, committed: int | None, acked: list[int]
 ) -> BulkDeliveryConsumer:
-    consumer._committed_offset[EVENTS] = committed
-    consumer._acked[EVENTS] = list(acked)
+    consumer.committed_offsets[EVENTS] = committed
+    consumer.acked_offsets[EVENTS][:] = acked
     consumer._acked_index[EVENTS] = set(acked)
     return consumer
 
@@ -77,20 +77,20 @@ class TestNewOffset:
 
     def test_an_unacked_head_offset_holds_the_commit(self, consumer: BulkDeliveryConsumer) -> None:
         bookkeeping(consumer, committed=10, acked=[11, 12])
-        assert consumer._new_offset(EVENTS) is None
-        assert consumer._acked[EVENTS] == [11, 12]  # kept for when 10 is acked
+        assert consumer.committable_offset(EVENTS) is None
+        assert consumer.acked_offsets[EVENTS] == [11, 12]  # kept for when 10 is acked
 
     def test_the_commit_moves_once_the_head_is_acked(self, consumer: BulkDeliveryConsumer) -> None:
         bookkeeping(consumer, committed=10, acked=[11, 12, 10, 14])
-        assert consumer._new_offset(EVENTS) == 13
-        assert consumer._acked[EVENTS] == [14]
+        assert consumer.committable_offset(EVENTS) == 13
+        assert consumer.acked_offsets[EVENTS] == [14]
 
     def test_offsets_the_broker_skipped_at_the_head_count_as_acked(
         self, consumer: BulkDeliveryConsumer
     ) -> None:
         bookkeeping(consumer, committed=10, acked=[12, 13])
         consumer._skipped_by_broker(EVENTS, 10, 12)  # e.g. transaction markers
-        assert consumer._new_offset(EVENTS) == 14
+        assert consumer.committable_offset(EVENTS) == 14
 
     def test_without_a_committed_offset_the_run_starts_at_the_first_delivery(
         self, consumer: BulkDeliveryConsumer
@@ -99,16 +99,16 @@ class TestNewOffset:
         assert consumer.check_position(EVENTS, 3) == 0  # the first record must be offset 0
         # Again at 3: the log starts there (retention); no gap to account for.
         assert consumer.check_position(EVENTS, 3) == DELIVER
-        assert not consumer._gap[EVENTS]
+        assert not consumer.gaps[EVENTS]
         bookkeeping(consumer, committed=None, acked=[4, 5])
-        assert consumer._new_offset(EVENTS) is None  # 3 was delivered, never acked
-        consumer._acked[EVENTS].append(3)
-        assert consumer._new_offset(EVENTS) == 6
+        assert consumer.committable_offset(EVENTS) is None  # 3 was delivered, never acked
+        consumer.acked_offsets[EVENTS].append(3)
+        assert consumer.committable_offset(EVENTS) == 6
 
 
 def sought_at(consumer: BulkDeliveryConsumer, position: int | None) -> BulkDeliveryConsumer:
     """As after a seek to ``position`` (None: no committed offset)."""
-    consumer._read_offset[EVENTS] = position
+    consumer.read_offsets[EVENTS] = position
     consumer._sought.add(EVENTS)
     return consumer
 
@@ -117,7 +117,7 @@ class TestCheckPosition:
     def test_records_in_order_are_delivered(self, consumer: BulkDeliveryConsumer) -> None:
         sought_at(consumer, 10)
         assert consumer.check_position(EVENTS, 10) == DELIVER
-        consumer._read_offset[EVENTS] = 10
+        consumer.read_offsets[EVENTS] = 10
         assert consumer.check_position(EVENTS, 11) == DELIVER
 
     def test_nothing_is_delivered_between_assignment_and_seek(
@@ -134,13 +134,13 @@ class TestCheckPosition:
         sought_at(consumer, 10)
         assert consumer.check_position(EVENTS, 9) == DROP
         consumer._sought.clear()
-        consumer._read_offset[EVENTS] = 10  # delivered
+        consumer.read_offsets[EVENTS] = 10  # delivered
         assert consumer.check_position(EVENTS, 10) == DROP
 
     def test_a_hole_after_a_delivery_is_fetched_again(self, consumer: BulkDeliveryConsumer) -> None:
-        consumer._read_offset[EVENTS] = 10
+        consumer.read_offsets[EVENTS] = 10
         assert consumer.check_position(EVENTS, 14) == 11
-        assert not consumer._gap[EVENTS]  # nothing counts as done
+        assert not consumer.gaps[EVENTS]  # nothing counts as done
 
     def test_a_fetch_that_starts_past_the_seek_is_fetched_again_once(
         self, consumer: BulkDeliveryConsumer
@@ -150,7 +150,7 @@ class TestCheckPosition:
         # Again past it: the broker has no offsets 10 and 11 (e.g. transaction markers).
         assert consumer.check_position(EVENTS, 12) == DELIVER
         bookkeeping(consumer, committed=10, acked=[12])
-        assert consumer._new_offset(EVENTS) == 13
+        assert consumer.committable_offset(EVENTS) == 13
 
 
 class TestAck:
@@ -163,13 +163,13 @@ class TestAck:
         self, consumer: BulkDeliveryConsumer
     ) -> None:
         assert consumer.ack(message(5, generation=7))
-        assert consumer._acked[EVENTS] == [5]
+        assert consumer.acked_offsets[EVENTS] == [5]
 
     def test_an_event_fetched_before_a_rebalance_is_not(
         self, consumer: BulkDeliveryConsumer
     ) -> None:
         # Its partition was sought back: the copy delivered again must be processed first.
         assert not consumer.ack(message(5, generation=6))
-        assert consumer._acked[EVENTS] == []
+        assert consumer.acked_offsets[EVENTS] == []
         assert consumer.ack(message(5, generation=7))
-        assert consumer._acked[EVENTS] == [5]
+        assert consumer.acked_offsets[EVENTS] == [5]

@@ -9,11 +9,13 @@ it, these fail first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
+from mode import Service
 from prometheus_client import CollectorRegistry
 
 from processors.app import OmniApp, create_app
@@ -173,3 +175,76 @@ class TestAck:
         assert consumer.acked_offsets[EVENTS] == []
         assert consumer.ack(message(5, generation=7))
         assert consumer.acked_offsets[EVENTS] == [5]
+
+
+class TestFetchLoop:
+    """The bulk fetch loop itself, fed scripted fetches (no broker): what it delivers and
+    where it seeks."""
+
+    @pytest.fixture()
+    def script(
+        self, app: OmniApp, consumer: BulkDeliveryConsumer, monkeypatch: pytest.MonkeyPatch
+    ) -> Callable[..., tuple[list[int], list[int]]]:
+        app.topics.acking_topics.add(EVENTS.topic)
+
+        def run(
+            fetches: list[list[int]], rebalance_at: int | None = None
+        ) -> tuple[list[int], list[int]]:
+            delivered: list[int] = []
+            sought: list[int] = []
+            pending = list(fetches)
+            fetcher = Service()
+
+            async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+                if not pending:
+                    await fetcher.stop()
+                    return
+                for offset in pending.pop(0):
+                    yield EVENTS, message(offset, generation=None)
+
+            async def deliver(record: Message) -> None:
+                delivered.append(record.offset)
+                if record.offset == rebalance_at:
+                    consumer.rebalances += 1  # as on_partitions_revoked does
+
+            async def seek_client(tp: TP, offset: int) -> None:  # the client's seek
+                sought.append(offset)
+
+            monkeypatch.setattr(consumer, "getmany", getmany)
+            monkeypatch.setattr(consumer, "callback", deliver)
+            monkeypatch.setattr(consumer, "_seek", seek_client)
+            asyncio.get_event_loop().run_until_complete(consumer.drain_messages(fetcher))
+            return delivered, sought
+
+        return run
+
+    def test_records_in_order_are_delivered_in_order(
+        self, consumer: BulkDeliveryConsumer, script: Any
+    ) -> None:
+        sought_at(consumer, 10)
+        assert script([[10, 11], [12]]) == ([10, 11, 12], [])
+        assert consumer.read_offsets[EVENTS] == 12
+
+    def test_a_fetch_with_a_hole_is_fetched_again_from_the_hole(
+        self, consumer: BulkDeliveryConsumer, script: Any
+    ) -> None:
+        sought_at(consumer, 10)
+        # 12 and 13 were fetched but dropped (flow stopped): the next fetch starts at 14.
+        delivered, sought = script([[10, 11], [14, 15], [12, 13, 14, 15]])
+        assert delivered == [10, 11, 12, 13, 14, 15]
+        assert sought == [12]
+
+    def test_records_already_delivered_are_not_delivered_again(
+        self, consumer: BulkDeliveryConsumer, script: Any
+    ) -> None:
+        sought_at(consumer, 10)
+        assert script([[10, 11], [10, 11, 12]]) == ([10, 11, 12], [])
+
+    def test_a_rebalance_abandons_the_rest_of_the_fetch(
+        self, consumer: BulkDeliveryConsumer, script: Any
+    ) -> None:
+        sought_at(consumer, 10)
+        delivered, _ = script([[10, 11, 12]], rebalance_at=11)
+        assert delivered == [10, 11]
+        # 11's delivery spanned the rebalance: the new assignment's position stands.
+        assert consumer.read_offsets[EVENTS] == 10

@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 from processors.domain.fold import lead_score
 from processors.domain.model import CustomerState, Event, format_time
-from processors.domain.policy import DAY
 
 if TYPE_CHECKING:
     from processors.domain.step import StepContext
 
 
-def event_context(event: Event, ctx: StepContext | None = None) -> dict[str, Any]:
+def event_context(event: Event, ctx: StepContext) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "type": event.type,
@@ -21,15 +20,15 @@ def event_context(event: Event, ctx: StepContext | None = None) -> dict[str, Any
         "customer_id": event.customer_id,
         "occurred_at": event.occurred_at,
         "payload": event.payload,
-        "points": float(ctx.lead_points.get(event.type, 0.0)) if ctx else 0.0,
+        "points": float(ctx.lead_points.get(event.type, 0.0)),
     }
 
 
 def state_context(
     state: CustomerState,
-    timeline: list[dict[str, Any]] | None = None,
-    ctx: StepContext | None = None,
-    at: float = 0.0,
+    timeline: list[dict[str, Any]] | None,
+    ctx: StepContext,
+    at: float,
     fields: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The customer as rules see it (before the current event at ``at``).
@@ -37,12 +36,12 @@ def state_context(
     ``fields`` (``RuleSet.state_fields``): the only fields the rules read; the
     derived ones (lead score, preferred channel) are then computed only if read.
     """
-    window = ctx.lead_window if ctx else 30 * DAY
+    window = ctx.lead_window
     view: dict[str, Any] = {
         "cart": state.cart,
         "coupons": state.coupons,
         "appointments": state.appointments,
-        "lead_threshold": ctx.lead_threshold if ctx else 50.0,
+        "lead_threshold": ctx.lead_threshold,
         "customer_id": state.customer_id,
         "traits": state.traits,
         "products": state.products,

@@ -112,10 +112,6 @@ class Needs:
         functions = {name: f for name, f in FUNCTIONS.items() if name in called}
         return cls(reads(listed), functions or None)
 
-    @classmethod
-    def everything(cls) -> Needs:
-        return cls(dict.fromkeys(("event", "state", "now", "delays")), FUNCTIONS)
-
     def missing(self, other: Needs) -> Needs:
         """What a context of ``self`` must get to also serve ``other``: each variable it
         lacks something of, with what both read, and the functions it lacks."""
@@ -134,9 +130,8 @@ class Plan:
     """How the rules of one event type are evaluated."""
 
     rules: tuple[CompiledRule, ...]
-    #: What their ``when`` conditions read, and what all their expressions read.
+    #: What their ``when`` conditions read.
     when: Needs
-    full: Needs
     memo: Memo = field(default_factory=Memo)
 
 

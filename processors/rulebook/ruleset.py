@@ -116,11 +116,7 @@ class RuleSet:
     @cached_property
     def _plans(self) -> dict[str, Plan]:
         return {
-            event_type: Plan(
-                rules,
-                Needs.of(rule.when for rule in rules),
-                Needs.of(e for rule in rules for e in match_expressions(rule)),
-            )
+            event_type: Plan(rules, Needs.of(rule.when for rule in rules))
             for event_type, rules in self.by_type.items()
         }
 

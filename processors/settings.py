@@ -103,7 +103,9 @@ class Settings(BaseSettings):
         512, ge=16, description="Event ids remembered per customer (ring), at least dedup_days"
     )
     dedup_days: int = Field(7, ge=1)
-    roaming_cooldown_days: float = Field(30.0, ge=0)
+    roaming_cooldown_days: float = Field(
+        30.0, ge=0, description="No second roaming offer for a country within this (rule delay)"
+    )
     overdraft_default_valid_hours: int = Field(24, ge=1, le=720)
     deadletter_raw_max_bytes: int = Field(
         8 * 1024, description="The raw field of a dead letter is cut here"
@@ -284,12 +286,14 @@ class Settings(BaseSettings):
         return config
 
     def rule_delays(self) -> dict[str, float]:
-        """Named delays rules may use (``after: cart_abandon_after``, ``delays.<name>``)."""
+        """Named delays rules may use (``after: cart_abandon_after``, ``cooldown:
+        roaming_cooldown``, ``delays.<name>``)."""
         return {
             "cart_abandon_after": self.cart_abandon_after_seconds,
             "coupon_reminder_before": self.coupon_reminder_before_seconds,
             "appointment_reminder_before": self.appointment_reminder_before_seconds,
             "lead_window": self.lead_window_days * 86400.0,
+            "roaming_cooldown": self.roaming_cooldown_days * 86400.0,
         }
 
     def as_env(self, base: Mapping[str, str]) -> dict[str, str]:

@@ -91,8 +91,18 @@ from hashlib import blake2b
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from processors.domain.model import EMITTED, SUPPRESSED
-from processors.domain.policy import CONSENT, COOLDOWN, DAY, EXPIRED
+from processors.domain.model import DEFERRED, EMITTED, RELEASED, SUPPRESSED
+from processors.domain.policy import DAY
+from processors.domain.reasons import (
+    ARBITRATION,
+    CONSENT,
+    COOLDOWN,
+    EXPIRED,
+    FREQUENCY_CAP,
+    PAUSED,
+    PROFILE,
+    QUIET_HOURS,
+)
 
 WEEK = 7 * DAY
 #: Times quiet hours are judged for: 1970-01-03 .. 9999-12-29 (datetime's range, with
@@ -100,36 +110,16 @@ WEEK = 7 * DAY
 _QUIET_MIN = 2 * DAY
 _QUIET_MAX = 253402300799.0 - 3 * DAY
 
-# Outcomes besides model.EMITTED and model.SUPPRESSED.
-DEFERRED = "deferred"
-#: A deferred trigger sent at its release time (an emission, for the decision log).
-RELEASED = "released"
-
-# Suppression reason codes besides policy.CONSENT, policy.COOLDOWN and policy.EXPIRED.
-PROFILE = "profile"
-PAUSED = "paused"
-FREQUENCY_CAP = "frequency_cap"
-QUIET_HOURS = "quiet_hours"
-ARBITRATION = "arbitration"
-
 # Response kinds that count toward a pause.
 DECLINED = "declined"
 IGNORED = "ignored"
 RESPONSE_KINDS = (DECLINED, IGNORED)
 
 __all__ = [
-    "ARBITRATION",
-    "CONSENT",
-    "COOLDOWN",
     "DECLINED",
     "DEFERRED",
     "EMITTED",
-    "EXPIRED",
-    "FREQUENCY_CAP",
     "IGNORED",
-    "PAUSED",
-    "PROFILE",
-    "QUIET_HOURS",
     "RELEASED",
     "SUPPRESSED",
     "Candidate",

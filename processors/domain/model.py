@@ -15,6 +15,7 @@ from typing import Any
 EMITTED = "emitted"
 SUPPRESSED = "suppressed"
 DEFERRED = "deferred"
+#: A deferred trigger sent at its release time (an emission, for the decision log).
 RELEASED = "released"
 
 # Message classes: service messages bypass the marketing contact policy.

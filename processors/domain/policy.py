@@ -12,13 +12,6 @@ if TYPE_CHECKING:
 
 DAY = 86400.0
 
-# Suppression reason codes (decision.log `reasons`).
-CONSENT = "consent"
-COOLDOWN = "cooldown"
-STALE = "stale"
-EXPIRED = "expired"
-MISSING_LIMIT = "missing_limit"
-
 
 @dataclass(slots=True, frozen=True)
 class Policy:
@@ -26,8 +19,6 @@ class Policy:
 
     max_event_age: float = 3600.0
     marketing_consent_default: bool = True
-    roaming_cooldown: float = 30 * DAY
-    marketing_trigger_ttl: float = DAY
     overdraft_default_valid_hours: int = 24
     dedup_capacity: int = 512
     dedup_days: int = 7
@@ -41,7 +32,6 @@ class Policy:
         return cls(
             max_event_age=settings.max_event_age_seconds,
             marketing_consent_default=settings.marketing_consent_default,
-            roaming_cooldown=settings.roaming_cooldown_days * DAY,
             overdraft_default_valid_hours=settings.overdraft_default_valid_hours,
             dedup_capacity=settings.dedup_capacity,
             dedup_days=settings.dedup_days,
@@ -54,16 +44,6 @@ def has_marketing_consent(state: CustomerState, channel: str, policy: Policy) ->
     """Consent from any channel holds on all: it is stored per messaging channel."""
     consent = state.consents.get(f"{channel}:marketing")
     return policy.marketing_consent_default if consent is None else bool(consent["granted"])
-
-
-def in_cooldown(state: CustomerState, cooldown_key: str, event_time: float, period: float) -> bool:
-    """True when the rule emitted for this subject less than ``period`` ago (event time).
-
-    An event older than the last emission (out of order) also counts as inside
-    the cooldown: we never re-offer because a late event arrived.
-    """
-    last = state.cooldowns.get(cooldown_key)
-    return last is not None and event_time - last < period
 
 
 def is_stale(event_time: float, now: float, policy: Policy) -> bool:

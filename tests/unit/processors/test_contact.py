@@ -9,18 +9,10 @@ import orjson
 import pytest
 
 from processors.domain.contact import (
-    ARBITRATION,
-    CONSENT,
-    COOLDOWN,
     DECLINED,
     DEFERRED,
     EMITTED,
-    EXPIRED,
-    FREQUENCY_CAP,
     IGNORED,
-    PAUSED,
-    PROFILE,
-    QUIET_HOURS,
     RELEASED,
     SUPPRESSED,
     Candidate,
@@ -39,6 +31,16 @@ from processors.domain.contact import (
 )
 from processors.domain.model import parse_time
 from processors.domain.policy import DAY
+from processors.domain.reasons import (
+    ARBITRATION,
+    CONSENT,
+    COOLDOWN,
+    EXPIRED,
+    FREQUENCY_CAP,
+    PAUSED,
+    PROFILE,
+    QUIET_HOURS,
+)
 
 HOUR = 3600.0
 POLICY = ContactPolicy()

@@ -16,7 +16,8 @@ from processors.domain.actions import action_token, actions_for, verify_action_t
 from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy
 from processors.domain.read_model import timeline_write
-from processors.domain.step import EMPTY_CONTACT, StepContext, state_context, step
+from processors.domain.step import EMPTY_CONTACT, StepContext, step
+from processors.domain.views import state_context
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -200,7 +201,8 @@ class TestDedupAndIds:
     def test_duplicate_event_has_no_effect(self) -> None:
         state, _ = step(None, [profile(home_country="DE")], CTX, NOW)
         state, out = step(state, [attach("FR", "a1")], CTX, NOW)
-        before = CustomerState.from_dict({k: getattr(state, k) for k in state.__slots__})  # type: ignore[attr-defined]
+        # A deep copy: a copy sharing lists and dicts with state would change with it.
+        before = copy.deepcopy(state)
         state, out = step(state, [attach("FR", "a1")], CTX, NOW)
         assert out.duplicates == 1 and not out.changed
         assert out.triggers == [] and out.decisions == []

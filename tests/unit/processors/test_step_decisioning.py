@@ -9,7 +9,8 @@ from processors.domain.actions import verify_action_token
 from processors.domain.contact import ContactPolicy
 from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy
-from processors.domain.step import StepContext, fire_timers, preferred_channel, step
+from processors.domain.step import StepContext, fire_timers, step
+from processors.domain.views import preferred_channel
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
 

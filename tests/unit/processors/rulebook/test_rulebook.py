@@ -6,9 +6,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from processors.domain.views import PAYLOAD_VIEWS
 from processors.rulebook import RuleFileError, RuleSet, load_ruleset, parse_duration, try_reload
+from processors.rulebook.loading import SCHEMA_PATH
 from processors.settings import DEFAULT_RULES_DIR, Settings
 
 RULE = """
@@ -250,3 +253,36 @@ def test_a_rule_using_the_whole_state_gets_all_of_it(tmp_path: Path) -> None:
     assert rules.state_fields["telco.call_started"] is None
     [match] = rules.evaluate(event(call_type="x", destination_country="FR"), state(), 0.0).matches
     assert match.rule.id == "sample_rule"
+
+
+def test_cooldown_names_a_delay_setting(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", RULE.replace("cooldown: 1d", "cooldown: some_cooldown"))
+    rules = load_ruleset(tmp_path, {"some_cooldown": 7 * 86400.0})
+    assert rules.rules[0].cooldown_seconds == 7 * 86400.0
+    with pytest.raises(RuleFileError, match=r"'trigger\.cooldown'.*delay setting: none"):
+        load_ruleset(tmp_path)
+
+
+def test_roaming_cooldown_is_its_setting() -> None:
+    def cooldown(settings: Settings) -> float | None:
+        rule = load_ruleset(DEFAULT_RULES_DIR, settings.rule_delays()).rule("roaming_offer")
+        assert rule is not None
+        return rule.cooldown_seconds
+
+    assert cooldown(Settings()) == 30 * 86400.0
+    assert cooldown(Settings(roaming_cooldown_days=7)) == 7 * 86400.0
+
+
+def test_include_names_payload_views(tmp_path: Path) -> None:
+    with_views = RULE.replace("      payload:\n", "      include: [entitlements]\n      payload:\n")
+    write(tmp_path, "a.yaml", with_views)
+    assert load_ruleset(tmp_path).rules[0].include == ("entitlements",)
+    write(tmp_path, "a.yaml", with_views.replace("[entitlements]", "[history]"))
+    with pytest.raises(RuleFileError, match=r"rule 'sample_rule': field 'trigger\.include\.0'"):
+        load_ruleset(tmp_path)
+
+
+def test_the_schema_allows_the_payload_views_the_step_has() -> None:
+    schema = orjson.loads(SCHEMA_PATH.read_bytes())
+    include = schema["$defs"]["rule"]["properties"]["trigger"]["properties"]["include"]
+    assert set(include["items"]["enum"]) == set(PAYLOAD_VIEWS)

@@ -16,16 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from processors.rulebook import (
-    FUNCTIONS,
-    Evaluation,
-    Expression,
-    RuleSet,
-    _holds,
-    _match,
-    _Memo,
-    _reads,
-)
+from processors.rulebook import Evaluation, Expression, RuleSet
+from processors.rulebook.evaluation import Memo, holds, match_rule
+from processors.rulebook.functions import FUNCTIONS
+from processors.rulebook.paths import reads
 
 
 def reference(
@@ -38,9 +32,9 @@ def reference(
     )
     for rule in rules.by_type.get(event["type"], ()):
         try:
-            if not _holds(rule, context):
+            if not holds(rule, context):
                 continue
-            match = _match(rule, context, event)
+            match = match_rule(rule, context, event)
         except Exception as exc:
             result.errors.append((rule.id, f"{type(exc).__name__}: {exc}"))
             continue
@@ -48,8 +42,8 @@ def reference(
     return result
 
 
-def reads(text: str) -> dict[str, Any]:
-    return _reads([Expression(text, cel.compile(text))])
+def reads_of(text: str) -> dict[str, Any]:
+    return reads([Expression(text, cel.compile(text))])
 
 
 @pytest.mark.parametrize(
@@ -79,7 +73,7 @@ def reads(text: str) -> dict[str, Any]:
     ],
 )
 def test_what_an_expression_reads(text: str, expected: dict[str, Any]) -> None:
-    assert reads(text) == expected
+    assert reads_of(text) == expected
 
 
 WHEN = [
@@ -342,7 +336,7 @@ def test_a_remembered_outcome_repeats_errors_too() -> None:
 
 @pytest.mark.parametrize("value", [None, math.nan, math.inf, -math.inf])
 def test_values_json_cannot_tell_apart_are_not_remembered(value: float | None) -> None:
-    memo = _Memo()
+    memo = Memo()
     assert memo.key({"state": {"score": value}}) is None
 
 
@@ -362,7 +356,7 @@ def test_values_json_cannot_write_are_not_remembered() -> None:
     class Text(str):
         pass
 
-    memo = _Memo()
+    memo = Memo()
     assert memo.key({"event": {"payload": {"x": Text("a")}}}) is None
     assert memo.key({"event": {"payload": {1: "a"}}}) is None
     assert memo.key({"event": {"payload": {"x": 2**70}}}) is None
@@ -376,7 +370,7 @@ def test_values_json_cannot_write_are_not_remembered() -> None:
 
 
 def test_the_memo_is_bounded_and_gives_up_when_values_do_not_repeat() -> None:
-    memo = _Memo()
+    memo = Memo()
     for index in range(memo.TRIAL + 10):
         key = memo.key({"event": {"occurred_at": float(index)}})
         assert memo.get(key) is None

@@ -102,7 +102,7 @@ def test_an_event_gives_a_pending_record_outputs_and_read_model_writes(tmp_path:
     [record] = [s for s in sent(processor) if s[0] == CHANGELOG and s[2].startswith(b'{"customer')]
     assert record[1] == b"c1" and (header_value(record[6]) or b"").endswith(b":41")
     assert processor.checkpoint.pending_events == 1
-    assert processor.records.table.data._db_for_partition(0).get(b"c1") is None  # type: ignore[attr-defined]
+    assert processor.records.table.data.partition_db(0).get(b"c1") is None  # type: ignore[attr-defined]
     assert "omni:profile:c1" in {w.key for w in writes(processor)}
     assert processor.metrics.processed._value.get() == 1
 

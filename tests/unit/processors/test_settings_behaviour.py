@@ -32,10 +32,12 @@ from processors.app import OmniApp, contact_policy, create_app, step_context
 from processors.domain import contact as cp
 from processors.domain.actions import actions_for, verify_action_token
 from processors.domain.caps import enforce_caps
+from processors.domain.decide import in_control_group
+from processors.domain.fold import overdraft_grant
 from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy, has_marketing_consent, is_stale
 from processors.domain.read_model import ReadModelWrite
-from processors.domain.step import StepContext, in_control_group, overdraft_grant, step
+from processors.domain.step import StepContext, step
 from processors.rulebook import load_ruleset
 from processors.runtime import WorkerRuntime
 from processors.settings import DEFAULT_RULES_DIR, Settings
@@ -401,6 +403,28 @@ def timer_due(event: Event, **overrides: Any) -> float:
     return float(timer["due_at"])
 
 
+def test_roaming_cooldown_days_is_how_long_a_country_is_not_offered_again() -> None:
+    home = ev("profile.updated", {"home_country": "DE"}, "p1", NOW - 10 * DAY)
+
+    def offers_on_return(**overrides: Any) -> list[str]:
+        ctx = context(**overrides)
+        attaches = [
+            Event(f"a{n}", "telco.network_attached", "telco", "c1", at, {"country": country}, at)
+            for n, (at, country) in enumerate(
+                [(NOW - 9 * DAY, "FR"), (NOW - 8 * DAY, "DE"), (NOW, "FR")]
+            )
+        ]
+        state, _ = step(None, [home], ctx, NOW - 10 * DAY)
+        triggers: list[str] = []
+        for attach in attaches:
+            state, out = step(state, [attach], ctx, attach.occurred_at)
+            triggers += [t.type for t in out.triggers]
+        return triggers
+
+    assert offers_on_return() == ["roaming_offer"]  # 9 days later: within 30 days
+    assert offers_on_return(roaming_cooldown_days=5.0) == ["roaming_offer", "roaming_offer"]
+
+
 def test_cart_abandon_after_seconds_is_the_wait_before_a_cart_reminder() -> None:
     cart = ev(
         "cart.updated",
@@ -564,6 +588,7 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "appointment_reminder_before_seconds": (
         test_appointment_reminder_before_seconds_is_how_early_an_appointment_is_reminded
     ),
+    "roaming_cooldown_days": test_roaming_cooldown_days_is_how_long_a_country_is_not_offered_again,
     "lead_points": test_lead_points_are_what_an_interaction_adds_to_the_lead_score,
     "lead_threshold": test_lead_threshold_is_the_score_that_makes_a_qualified_lead,
     "lead_window_days": test_lead_window_days_is_how_long_an_interaction_counts,
@@ -594,11 +619,7 @@ EXEMPT: dict[str, str] = {
 }
 
 #: Fields nothing reads: kept here (removal is another change) so they are not forgotten.
-KNOWN_UNUSED: dict[str, str] = {
-    # Policy.from_settings copies it into Policy.roaming_cooldown, which nothing reads:
-    # rule cooldowns come from the rule files (``cooldown:``), not from this setting.
-    "roaming_cooldown_days": "copied into Policy.roaming_cooldown, which no code reads",
-}
+KNOWN_UNUSED: dict[str, str] = {}
 
 
 def test_every_setting_has_a_behaviour_test_or_a_reason_not_to() -> None:

@@ -16,7 +16,6 @@ from typing import Any
 
 from processors.domain import contact as cp
 from processors.domain import timers as tm
-from processors.domain.actions import actions_for
 from processors.domain.caps import apply_count_caps, enforce_caps
 from processors.domain.ids import _hex_id, decision_id, event_fingerprint, trigger_id
 from processors.domain.model import (
@@ -37,6 +36,7 @@ from processors.domain.policy import DAY, EXPIRED, STALE, Policy, has_marketing_
 from processors.domain.read_model import COUPON_KEEP_SECONDS
 from processors.domain.timeline import add_to_timeline
 from processors.rulebook import Match, RuleSet
+from producers.actions import actions_for
 from schemas.bounds import EARLIEST_TIME, MAX_DATE_AHEAD_SECONDS
 
 #: Touchpoint channel of a response -> the messaging channel it tells us she prefers.

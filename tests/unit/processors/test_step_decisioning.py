@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors.domain.actions import verify_action_token
 from processors.domain.contact import ContactPolicy
 from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy
 from processors.domain.step import StepContext, fire_timers, preferred_channel, step
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
+from producers.actions import verify_action_token
 
 NOW = parse_time("2026-11-22T12:00:00Z")
 RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())

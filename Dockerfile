@@ -18,12 +18,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # aiokafka, faust-streaming, pydantic-core) ships manylinux wheels for
 # CPython 3.11, so no compiler is needed. The sources are removed afterwards:
 # the worker runs the installed package.
+# Two distributions: the contract (contract/pyproject.toml packs producers/ and
+# schemas/) and the worker, which depends on it; one pip command resolves that
+# dependency to the copy here (it is not on PyPI).
 COPY pyproject.toml README.md /src/
+COPY contract /src/contract
 COPY processors /src/processors
 COPY producers /src/producers
 COPY schemas /src/schemas
 COPY devstack /src/devstack
-RUN pip install /src && rm -rf /src
+RUN pip install /src/contract /src && rm -rf /src
 # Rules are data, outside the package: mount another folder here to change them,
 # then `docker kill -s HUP <worker>` reloads without a restart.
 COPY rules /etc/omni/rules

@@ -10,10 +10,13 @@ SYSTEM_STAMP := .cache/.system-deps
 bootstrap: $(STAMP) $(SYSTEM_STAMP) ## virtualenv, package, redis-server, prometheus, Kafka jars
 	@$(PY) -m devstack kafka-jars
 
-$(STAMP): pyproject.toml
+# Three distributions, one venv: the contract (producers/ + schemas/), the worker
+# (processors/, devstack/, the omni CLI) and the bench; one pip command, so the
+# worker's and the bench's dependency on the contract resolve to this checkout.
+$(STAMP): pyproject.toml contract/pyproject.toml bench/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -m pip install -q -e ./contract -e ".[dev]" -e ./bench
 	@touch $@
 
 $(SYSTEM_STAMP):
@@ -38,7 +41,7 @@ status:
 	@$(PY) -m devstack status
 
 demo: bootstrap ## bring the stack up, play stories S1 and S5, show triggers live
-	@$(PY) -m producers.demo
+	@$(PY) -m processors.tools.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

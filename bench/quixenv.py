@@ -3,7 +3,8 @@
 quixstreams pins confluent-kafka, pydantic and pydantic-settings below this
 repo's pins, so it cannot share ``.venv``. :func:`ensure_quix_venv` creates the
 venv with the interpreter running the bench, installs
-``bench/quix-requirements.txt``, then ``pip install --no-deps -e .`` (so
+``bench/quix-requirements.txt``, then this checkout's three projects without
+their dependencies (:data:`LOCAL_PROJECTS`: contract, worker, bench; so
 ``processors``, ``schemas`` and ``bench`` import as in ``.venv``), checks the
 imports, and writes a stamp holding :func:`stamp_key`. While the stamp matches,
 it does nothing; when the requirements file (or the Python version) changes,
@@ -31,6 +32,8 @@ STAMP_NAME = ".bench-stamp"
 #: What the venv must import for ``python -m bench.quix_loop``.
 IMPORT_CHECK = "import quixstreams, bench.quix_loop"
 PIP_TIMEOUT_S = 900.0
+#: Installed editable, without dependencies (quix-requirements.txt has them), as in .venv.
+LOCAL_PROJECTS = ("contract", ".", "bench")
 
 
 class QuixEnvError(RuntimeError):
@@ -40,7 +43,9 @@ class QuixEnvError(RuntimeError):
 def stamp_key(requirements: bytes, python_version: str) -> str:
     """What the stamp holds: the requirements file's hash and the interpreter's version."""
     digest = hashlib.sha256(requirements).hexdigest()
-    return f"requirements-sha256={digest} python={python_version}\n"
+    # The projects are part of the key: a venv made for another layout is made afresh.
+    projects = ",".join(LOCAL_PROJECTS)
+    return f"requirements-sha256={digest} python={python_version} projects={projects}\n"
 
 
 def venv_python(venv: Path) -> Path:
@@ -86,7 +91,10 @@ def _build(venv: Path, requirements: Path, python: str) -> None:
     steps = [
         ("create the venv", [python, "-m", "venv", str(venv)]),
         ("install the pinned requirements", [*pip, "-r", str(requirements)]),
-        ("install this repo (no deps)", [*pip, "--no-deps", "-e", str(REPO_ROOT)]),
+        (
+            "install this repo (no deps)",
+            [*pip, "--no-deps", *(a for p in LOCAL_PROJECTS for a in ("-e", str(REPO_ROOT / p)))],
+        ),
         ("import quixstreams and bench.quix_loop", [vpy, "-c", IMPORT_CHECK]),
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}

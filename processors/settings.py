@@ -18,6 +18,17 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The producer side's settings (the contract package) share these names, defaults and
+# topic naming; they are defined there so an SDK and the worker cannot disagree.
+from producers.config import (
+    DEFAULT_KAFKA_BOOTSTRAP,
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+    kafka_client_config,
+    namespace_prefix,
+    touchpoint_topic,
+)
+
 #: The rule files shipped with the package (``rules/`` at the repository root).
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 
@@ -60,7 +71,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OMNI_", env_file=".env", extra="ignore")
 
     # --- Kafka -------------------------------------------------------------
-    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     topic_namespace: str = Field(
@@ -92,7 +103,9 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Health endpoints /livez and /readyz")
     metrics_port: int = Field(9108, description="Prometheus /metrics")
     batch_max_events: int = Field(2000, ge=1, description="Largest batch one agent step takes")
-    max_event_bytes: int = Field(64 * 1024, description="Largest accepted event value")
+    max_event_bytes: int = Field(
+        DEFAULT_MAX_EVENT_BYTES, description="Largest accepted event value"
+    )
     max_event_age_seconds: float = Field(
         3600.0, gt=0, description="Marketing triggers are never sent for older events (stale)"
     )
@@ -208,7 +221,7 @@ class Settings(BaseSettings):
 
     # --- Input bounds: event time and record size (schemas/bounds.py, domain/caps.py) ---
     max_future_skew_seconds: float = Field(
-        300.0,
+        DEFAULT_MAX_FUTURE_SKEW_SECONDS,
         ge=0,
         description="An occurred_at further ahead of the worker's clock is dead-lettered "
         "(future_event)",
@@ -226,13 +239,11 @@ class Settings(BaseSettings):
     @field_validator("topic_namespace")
     @classmethod
     def _namespace_is_a_prefix(cls, value: str) -> str:
-        if value and not value.endswith("."):
-            value += "."
-        return value
+        return namespace_prefix(value)
 
     # --- Topic names (one place) ------------------------------------------
     def touchpoint_topic(self, channel: str) -> str:
-        return f"{self.topic_namespace}touchpoint.{channel}"
+        return touchpoint_topic(self.topic_namespace, channel)
 
     def group_instance_id(self) -> str:
         """This worker's static member id: the setting, else host name + data dir."""
@@ -273,17 +284,12 @@ class Settings(BaseSettings):
 
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by every confluent-kafka client we build."""
-        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
-        if self.kafka_sasl_username and self.kafka_sasl_password:
-            config.update(
-                {
-                    "security.protocol": "SASL_SSL",
-                    "sasl.mechanisms": "PLAIN",
-                    "sasl.username": self.kafka_sasl_username,
-                    "sasl.password": self.kafka_sasl_password.get_secret_value(),
-                }
-            )
-        return config
+        password = self.kafka_sasl_password
+        return kafka_client_config(
+            self.kafka_bootstrap,
+            self.kafka_sasl_username,
+            None if password is None else password.get_secret_value(),
+        )
 
     def rule_delays(self) -> dict[str, float]:
         """Named delays rules may use (``after: cart_abandon_after``, ``cooldown:

@@ -1,4 +1,8 @@
-"""Publish a JSON Lines stream, keeping every rejected line with its reason."""
+"""Publish a JSON Lines stream, keeping every rejected line with its reason.
+
+Both ``omni publish`` (the worker's CLI) and ``python -m producers publish`` (the
+contract package alone) run :func:`publish_lines` and print its report the same way.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,12 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, Message
 
-from processors.settings import Settings
+from producers.config import ProducerTarget
 from producers.sdk import DeliveryHandler, EventRejected, TouchpointProducer
+
+
+def no_such_file(name: str) -> str:
+    return f"No such file: {name}. Pass a JSON Lines file or - for stdin."
 
 
 @dataclass
@@ -17,10 +25,20 @@ class PublishReport:
     #: (line number, reason code, errors), in line order.
     rejected: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
 
+    def rejected_lines(self, mark: Callable[[str], str] = str) -> list[str]:
+        """One line per rejected input line; ``mark`` styles the reason (colour in a terminal)."""
+        return [
+            f"line {line_no}: {mark(reason)}: " + "; ".join(errors)
+            for line_no, reason, errors in self.rejected
+        ]
+
+    def summary(self) -> str:
+        return f"accepted: {self.accepted}  rejected: {len(self.rejected)}"
+
 
 def publish_lines(
     lines: Iterable[bytes],
-    settings: Settings,
+    settings: ProducerTarget,
     on_line: Callable[[int], None] | None = None,
 ) -> PublishReport:
     """Validate and publish each non-blank line; a bad line never stops the others."""

@@ -4,8 +4,11 @@ It validates every event against the contract before sending (the same
 validator the worker runs), keys it by customer id with Kafka's murmur2
 partitioner, and uses an idempotent producer with delivery reports::
 
-    with TouchpointProducer(Settings()) as producer:
+    with TouchpointProducer(ProducerSettings.from_env()) as producer:
         producer.publish({"event_id": "...", "type": "offer.accepted", ...})
+
+Settings are :class:`producers.config.ProducerSettings` (``OMNI_*`` variables, or
+explicit arguments); in the worker's install the worker's ``Settings()`` works too.
 
 A backend in another language must use the same producer settings: see
 ``PRODUCER_CONFIG`` and the README's contract section.
@@ -21,9 +24,19 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from processors.domain.read_model import coupon_claim_key
-from processors.settings import Settings
+from producers.claims import CouponClaims
+from producers.config import ProducerSettings, ProducerTarget
 from schemas import EventValidator, Rejection
+
+# CouponClaims lives in producers.claims; the README names it as producers.sdk.CouponClaims.
+__all__ = [
+    "PRODUCER_CONFIG",
+    "CouponClaims",
+    "DeliveryHandler",
+    "EventRejected",
+    "ProducerSettings",
+    "TouchpointProducer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +67,13 @@ DeliveryHandler = Callable[[KafkaError | None, Message], None]
 class TouchpointProducer:
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: ProducerTarget | None = None,
         *,
         validator: EventValidator | None = None,
         config: dict[str, Any] | None = None,
         on_delivery: DeliveryHandler | None = None,
     ) -> None:
-        self.settings = settings or Settings()
+        self.settings: ProducerTarget = settings or ProducerSettings.from_env()
         self.validator = validator or EventValidator()
         self._producer = Producer(
             {**self.settings.kafka_client_config(), **PRODUCER_CONFIG, **(config or {})}
@@ -163,32 +176,3 @@ def _peek(value: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return record if isinstance(record, dict) else {}
-
-
-class CouponClaims:
-    """The till's side of S7: claim a coupon atomically before handing over the goods.
-
-    A till cannot wait for the stream, so the first ``claim`` of a coupon on any
-    channel wins at once (Redis ``SET NX`` on ``omni:coupon:<id>:claim``, expiring
-    with the coupon) and every later claim is refused. Then publish
-    ``coupon.redeemed``; the pipeline reconciles (a second redemption that slipped
-    through yields ``coupon_redemption_refused`` and the first one stands).
-    """
-
-    def __init__(self, redis_client: Any) -> None:
-        self._redis = redis_client
-
-    def claim(self, coupon_id: str, channel: str, valid_seconds: float) -> bool:
-        """True for the first claim of ``coupon_id``; False when it was already claimed."""
-        return bool(
-            self._redis.set(
-                coupon_claim_key(coupon_id),
-                channel,
-                nx=True,
-                ex=max(1, int(valid_seconds)),
-            )
-        )
-
-    def claimed_by(self, coupon_id: str) -> str | None:
-        value = self._redis.get(coupon_claim_key(coupon_id))
-        return None if value is None else value.decode()

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Producer
 
-from processors.settings import Settings
+from producers.config import ProducerTarget
 from producers.sdk import PRODUCER_CONFIG, TouchpointProducer
 
 #: Story customers get this run's tag, so a second demo against the same stack plays the
@@ -424,7 +424,7 @@ def background_event(rng: random.Random, customers: int) -> dict[str, Any]:
     )
 
 
-def buggy_backend_messages(settings: Settings) -> list[tuple[str, bytes | None, bytes]]:
+def buggy_backend_messages(settings: ProducerTarget) -> list[tuple[str, bytes | None, bytes]]:
     """What a backend with bugs sends: each lands on the dead-letter topic with a reason."""
     good = make_event("bug-1", "web", "profile.updated", {"language": "en"})
     return [
@@ -440,7 +440,7 @@ def buggy_backend_messages(settings: Settings) -> list[tuple[str, bytes | None, 
 
 
 def run_simulation(
-    settings: Settings,
+    settings: ProducerTarget,
     *,
     customers: int = 200,
     rate: float = 20.0,

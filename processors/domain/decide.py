@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from processors.domain import contact as cp
 from processors.domain import timers as tm
-from processors.domain.actions import actions_for
 from processors.domain.ids import _hex_id, decision_id, trigger_id
 from processors.domain.model import (
     DEFERRED,
@@ -34,6 +33,7 @@ from processors.domain.reasons import CONTROL_GROUP, EXPIRED, STALE
 from processors.domain.rule_timers import schedule_rule_timer
 from processors.domain.views import PAYLOAD_VIEWS, preferred_channel
 from processors.rulebook import Match
+from producers.actions import actions_for
 
 if TYPE_CHECKING:
     from processors.domain.step import StepContext

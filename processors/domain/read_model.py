@@ -13,7 +13,8 @@ import orjson
 
 from processors.domain.model import CustomerState, format_time
 
-KEY_PREFIX = "omni"
+# The prefix is the contract's: channels' coupon claims (producers.claims) share it.
+from producers.claims import KEY_PREFIX
 
 
 def profile_key(customer_id: str) -> str:
@@ -30,11 +31,6 @@ def cart_key(customer_id: str) -> str:
 
 def coupon_key(coupon_id: str) -> str:
     return f"{KEY_PREFIX}:coupon:{coupon_id}"
-
-
-def coupon_claim_key(coupon_id: str) -> str:
-    """Channels claim a coupon here (SET NX) before handing over the goods; never projected."""
-    return f"{KEY_PREFIX}:coupon:{coupon_id}:claim"
 
 
 #: After a cart is closed its key is deleted on every projection for this long (replays

@@ -79,7 +79,7 @@ def test_every_reason_is_deadlettered_and_a_good_event_after_them_is_processed(
 
     # `omni deadletters` shows them, filtered by reason.
     shown = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "deadletters", "--reason", "key_mismatch"],
+        [sys.executable, "-m", "processors.tools.cli", "deadletters", "--reason", "key_mismatch"],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,
@@ -111,7 +111,7 @@ def test_omni_publish_reports_rejected_lines(
     path = tmp_path / "events.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "publish", "--file", str(path)],
+        [sys.executable, "-m", "processors.tools.cli", "publish", "--file", str(path)],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

@@ -16,9 +16,9 @@ import orjson
 import pytest
 import redis
 
-from processors.domain.actions import verify_action_token
 from processors.settings import DEFAULT_RULES_DIR, Settings
 from processors.topics import ensure_topics
+from producers.actions import verify_action_token
 from producers.simulator import make_event
 from schemas import validate_record
 from tests.integration.conftest import Provided

@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from processors.settings import Settings
+from processors.tools.stats import read_stats
 from processors.topics import ensure_topics
 from producers.sdk import CouponClaims
 from producers.simulator import make_event
-from producers.stats import read_stats
 from schemas import validate_record
 from tests.integration.conftest import Provided
 from tests.integration.harness import (
@@ -366,7 +366,7 @@ def test_s11_offer_performance_with_a_control_group(
         )
         assert f"{accepted} 2.0" in metrics
         table = subprocess.run(
-            [sys.executable, "-m", "producers.cli", "stats"],
+            [sys.executable, "-m", "processors.tools.cli", "stats"],
             cwd=ROOT,
             env={**settings_env(settings), "COLUMNS": "250"},
             capture_output=True,

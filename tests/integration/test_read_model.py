@@ -121,7 +121,7 @@ def test_omni_redis_rebuild_restores_deleted_keys(
     client.delete(profile_key)
 
     result = subprocess.run(
-        [sys.executable, "-m", "producers.cli", "redis", "rebuild"],
+        [sys.executable, "-m", "processors.tools.cli", "redis", "rebuild"],
         cwd=ROOT,
         env=settings_env(settings),
         capture_output=True,

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from processors.checkpoint import SOURCE_HEADER, header_value, parse_source
 from processors.settings import Settings
-from producers.rebuild import changelog_topic, read_changelog
+from processors.tools.rebuild import changelog_topic, read_changelog
 from producers.sdk import TouchpointProducer
 from producers.simulator import make_event
 from tests.integration.harness import TopicReader, WorkerProcess, wait_for

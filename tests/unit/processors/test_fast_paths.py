@@ -12,7 +12,6 @@ import orjson
 import pytest
 
 from processors.domain import contact as cp
-from processors.domain.actions import action_token, actions_for, verify_action_token
 from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy
 from processors.domain.read_model import timeline_write
@@ -20,6 +19,7 @@ from processors.domain.step import EMPTY_CONTACT, StepContext, step
 from processors.domain.views import state_context
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
+from producers.actions import action_token, actions_for, verify_action_token
 
 NOW = parse_time("2026-11-22T12:00:00Z")
 RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())

@@ -30,7 +30,7 @@ import tests.unit.processors.test_ingest as ingest_tests
 import tests.unit.processors.test_settings as settings_tests
 from processors.app import OmniApp, contact_policy, create_app, step_context
 from processors.domain import contact as cp
-from processors.domain.actions import actions_for, verify_action_token
+from producers.actions import actions_for, verify_action_token
 from processors.domain.caps import enforce_caps
 from processors.domain.decide import in_control_group
 from processors.domain.fold import overdraft_grant

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from processors.domain.actions import verify_action_token
 from processors.domain.contact import ContactPolicy
 from processors.domain.model import CustomerState, Event, parse_time
 from processors.domain.policy import Policy
@@ -13,6 +12,7 @@ from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.views import preferred_channel
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
+from producers.actions import verify_action_token
 
 NOW = parse_time("2026-11-22T12:00:00Z")
 RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())

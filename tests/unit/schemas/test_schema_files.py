@@ -3,9 +3,9 @@ portable patterns, and enums that match the registry and the settings."""
 
 from __future__ import annotations
 
-import glob
 import json
 import re
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,18 +175,14 @@ def test_registry_names_and_channels() -> None:
         assert EVENT_TYPES[any_channel].channels is None
 
 
-def test_package_data_globs_pick_up_the_extensionless_schema_files() -> None:
-    """setuptools expands package-data patterns with glob(recursive=True) under the
-    package dir; ``iglu/**/*`` must reach every schema file (they have no suffix)."""
-    pyproject = (Path(__file__).parents[3] / "pyproject.toml").read_text()
-    assert 'schemas = ["iglu/**/*", "samples/**/*.json"]' in pyproject
+def test_the_contract_wheel_ships_the_whole_schemas_package() -> None:
+    """The contract's build hook force-includes whole folders, so every schema file (they
+    have no suffix) and sample ships: nothing to keep in step with a glob. What a wheel
+    really holds is checked by tests/integration/test_contract_alone.py."""
+    contract = tomllib.loads(
+        (Path(__file__).parents[3] / "contract" / "pyproject.toml").read_text()
+    )
+    packages = contract["tool"]["hatch"]["build"]["targets"]["wheel"]["hooks"]["custom"]
+    assert packages["packages"] == {"../producers": "producers", "../schemas": "schemas"}
     package_dir = SCHEMA_ROOT.parent
-    shipped = {
-        Path(match)
-        for pattern in ("iglu/**/*", "samples/**/*.json")
-        for match in glob.glob(str(package_dir / pattern), recursive=True)
-        if Path(match).is_file()
-    }
-    assert {key.path for key in SCHEMA_KEYS} <= shipped
-    samples = {p for p in (package_dir / "samples").rglob("*") if p.is_file()}
-    assert samples <= shipped, "a sample without .json would not be shipped"
+    assert {key.path for key in SCHEMA_KEYS} <= set(package_dir.rglob("*"))

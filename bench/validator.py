@@ -1,6 +1,6 @@
 """Micro-benchmark of :meth:`EventValidator.check`: µs per event (figures, not a test).
 
-    .venv/bin/python -m schemas.bench_validator [--events 200000]
+    .venv/bin/python -m bench.validator [--events 200000]
 
 Valid events are the valid samples (every type), re-serialised with distinct
 ids; the loop is what the ingest agent does per message: one ``check`` call.

@@ -8,6 +8,7 @@ counters. Ctrl-C stops the simulator and whatever this demo started.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -16,11 +17,13 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, deque
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import redis
 from confluent_kafka import Consumer
+from pydantic import ValidationError
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
@@ -127,51 +130,109 @@ DEMO_DELAYS = {
 }
 
 
+class BadDemoSetting(ValueError):
+    """A setting the demo cannot run with; the message says what is wrong and what to do."""
+
+
+def demo_seconds(environ: Mapping[str, str]) -> float:
+    """``OMNI_DEMO_SECONDS``: how long to run, 0 (or unset) = until Ctrl-C."""
+    raw = environ.get("OMNI_DEMO_SECONDS")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BadDemoSetting(
+            f"OMNI_DEMO_SECONDS={raw!r} is not a number of seconds. Set it to how long the "
+            "demo should run (OMNI_DEMO_SECONDS=60 make demo), or unset it to run until Ctrl-C."
+        )
+    return seconds
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as bad:
+        problems = "; ".join(
+            f"OMNI_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in bad.errors()
+        )
+        raise BadDemoSetting(
+            f"Invalid settings: {problems}. Fix or unset these variables (or their lines in "
+            '.env); README "Settings" lists them.'
+        ) from None
+
+
+def devstack(command: str) -> int:
+    return subprocess.run([sys.executable, "-m", "devstack", command]).returncode
+
+
 def main() -> int:
-    settings = Settings()
-    started_stack = False
+    # Every setting is checked before anything starts: a bad one stops the demo here,
+    # with a message, instead of as a traceback with the stack left running.
+    try:
+        seconds = demo_seconds(os.environ)
+        settings = load_settings()
+    except BadDemoSetting as bad:
+        print(f"make demo: {bad}", file=sys.stderr)
+        return 2
     # Journeys need time to pass; the demo's own stack waits seconds, not a day.
     for name, delay in DEMO_DELAYS.items():
         os.environ.setdefault(name, delay)
-    if not stack_ready(settings):
-        print("Starting the stack (Kafka, Redis, worker)… the first run resolves the Kafka jars.")
-        if subprocess.run([sys.executable, "-m", "devstack", "up"]).returncode != 0:
-            print("The stack did not start; see the messages above and .omni/stack/*.log")
-            return 1
-        started_stack = True
-    seconds = float(os.environ.get("OMNI_DEMO_SECONDS", "0"))
+    started_stack = False
+    try:
+        if not stack_ready(settings):
+            print(
+                "Starting the stack (Kafka, Redis, worker)… the first run resolves the Kafka jars."
+            )
+            # Set before `up`: a failed or interrupted `up` may have started part of it.
+            started_stack = True
+            if devstack("up") != 0:
+                print("The stack did not start; see the messages above and .omni/stack/*.log")
+                return 1
+        play(settings, seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if started_stack:
+            print("Stopping what the demo started…")
+            devstack("down")
+    return 0
+
+
+def play(settings: Settings, seconds: float) -> None:
+    """Stories and the live view until ``seconds`` pass (0: until Ctrl-C); the simulator's
+    producer and the demo's consumer are stopped on any way out."""
     view = DemoView(settings)
     stop = threading.Event()
     consumer = threading.Thread(target=view.consume, args=(stop,), daemon=True)
-    consumer.start()
-    time.sleep(2)  # let the demo consumer join before the stories start
-
-    def play() -> None:
-        run_simulation(
-            settings,
-            seconds=max(seconds - 20, 5) if seconds else 0,
-            printer=view.story_log.append,
-            stop=stop,
-        )
-
-    simulator = threading.Thread(target=play, daemon=True)
-    simulator.start()
-    started = time.monotonic()
+    simulator = threading.Thread(
+        target=run_simulation,
+        args=(settings,),
+        kwargs={
+            "seconds": max(seconds - 20, 5) if seconds else 0,
+            "printer": view.story_log.append,
+            "stop": stop,
+        },
+        daemon=True,
+    )
     try:
+        consumer.start()
+        time.sleep(2)  # let the demo consumer join before the stories start
+        simulator.start()
+        started = time.monotonic()
         with Live(view.render(), refresh_per_second=4, screen=False) as live:
             while not seconds or time.monotonic() - started < seconds:
                 time.sleep(0.25)
                 live.update(view.render())
-    except KeyboardInterrupt:
-        pass
     finally:
         stop.set()
-        simulator.join(15)  # its producer flushes and closes before the broker stops
-        consumer.join(5)
-        if started_stack:
-            print("Stopping what the demo started…")
-            subprocess.run([sys.executable, "-m", "devstack", "down"])
-    return 0
+        if simulator.is_alive():
+            simulator.join(15)  # its producer flushes and closes before the broker stops
+        if consumer.is_alive():
+            consumer.join(5)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from schemas import bench_validator
+from bench import validator
 
 
 def test_bench_runs_and_prints_microseconds_per_event(capsys: pytest.CaptureFixture[str]) -> None:
-    bench_validator.main(["--events", "200"])
+    validator.main(["--events", "200"])
     out = capsys.readouterr().out
     assert "valid events:" in out and "µs/event" in out

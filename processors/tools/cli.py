@@ -30,14 +30,14 @@ def publish(
     file: Annotated[str, typer.Option("--file", "-f", help="JSON Lines file, or - for stdin")],
 ) -> None:
     """Publish each line of FILE as one touchpoint event; report every rejected line."""
-    from producers.publish import publish_lines
+    from producers.publish import no_such_file, publish_lines
 
     if file == "-":
         report = publish_lines(sys.stdin.buffer, Settings())
     else:
         path = Path(file)
         if not path.is_file():
-            console.print(f"[red]No such file: {file}. Pass a JSON Lines file or - for stdin.")
+            console.print(f"[red]{no_such_file(file)}")
             raise typer.Exit(2)
         size = path.stat().st_size
         with path.open("rb") as lines:
@@ -51,9 +51,9 @@ def publish(
                         Settings(),
                         on_line=lambda n: progress.update(task, advance=n),
                     )
-    for line_no, reason, errors in report.rejected:
-        console.print(f"line {line_no}: [red]{reason}[/red]: " + "; ".join(errors))
-    console.print(f"accepted: {report.accepted}  rejected: {len(report.rejected)}")
+    for line in report.rejected_lines(mark=lambda reason: f"[red]{reason}[/red]"):
+        console.print(line)
+    console.print(report.summary())
     if report.rejected:
         raise typer.Exit(1)
 
@@ -65,7 +65,7 @@ def deadletters(
     limit: Annotated[int, typer.Option(help="Newest records per partition to read")] = 50,
 ) -> None:
     """Show recent dead letters, so a channel backend can see what it got wrong."""
-    from producers.deadletters import read_recent
+    from processors.tools.deadletters import read_recent
 
     if channel is not None and channel not in TOUCHPOINT_CHANNELS:
         console.print(f"[red]Unknown channel {channel!r}; one of {', '.join(TOUCHPOINT_CHANNELS)}")
@@ -90,7 +90,7 @@ def stats() -> None:
     """Offer performance per rule and channel, live (S11): sent, suppressed, responses, lift."""
     import redis
 
-    from producers.stats import rates, read_stats
+    from processors.tools.stats import rates, read_stats
 
     settings = Settings()
     totals = read_stats(redis.Redis.from_url(settings.redis_url.get_secret_value()))
@@ -147,7 +147,7 @@ def stats() -> None:
 @redis_app.command("rebuild")
 def redis_rebuild() -> None:
     """Rewrite the read model in Redis from the customer state changelog."""
-    from producers.rebuild import rebuild_read_model
+    from processors.tools.rebuild import rebuild_read_model
 
     customers, keys = rebuild_read_model(Settings())
     console.print(f"rebuilt {keys} keys for {customers} customers")

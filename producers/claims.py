@@ -1,0 +1,48 @@
+"""Coupon claims (S7): the till's side, a Redis ``SET NX`` before handing over the goods.
+
+Part of the contract package because tills call it without the worker; the
+worker's read model (``processors.domain.read_model``) takes the key prefix from
+here, so the claim key sits next to the ``omni:coupon:<id>`` record it guards.
+Needs a Redis client: ``pip install "./contract[claims]"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Every Redis read-model key starts with this (README "Redis read model").
+KEY_PREFIX = "omni"
+
+
+def coupon_claim_key(coupon_id: str) -> str:
+    """Channels claim a coupon here (SET NX) before handing over the goods; never projected."""
+    return f"{KEY_PREFIX}:coupon:{coupon_id}:claim"
+
+
+class CouponClaims:
+    """The till's side of S7: claim a coupon atomically before handing over the goods.
+
+    A till cannot wait for the stream, so the first ``claim`` of a coupon on any
+    channel wins at once (Redis ``SET NX`` on ``omni:coupon:<id>:claim``, expiring
+    with the coupon) and every later claim is refused. Then publish
+    ``coupon.redeemed``; the pipeline reconciles (a second redemption that slipped
+    through yields ``coupon_redemption_refused`` and the first one stands).
+    """
+
+    def __init__(self, redis_client: Any) -> None:
+        self._redis = redis_client
+
+    def claim(self, coupon_id: str, channel: str, valid_seconds: float) -> bool:
+        """True for the first claim of ``coupon_id``; False when it was already claimed."""
+        return bool(
+            self._redis.set(
+                coupon_claim_key(coupon_id),
+                channel,
+                nx=True,
+                ex=max(1, int(valid_seconds)),
+            )
+        )
+
+    def claimed_by(self, coupon_id: str) -> str | None:
+        value = self._redis.get(coupon_claim_key(coupon_id))
+        return None if value is None else value.decode()

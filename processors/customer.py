@@ -35,7 +35,13 @@ from faust.types import EventT
 from processors.checkpoint import Checkpoint
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
 from processors.domain.model import CustomerState, Event, StepOutputs, Trigger
-from processors.domain.read_model import ReadModelWrite, project, stats_key, timeline_write
+from processors.domain.read_model import (
+    ReadModelWrite,
+    project,
+    stats_table_key,
+    stats_write,
+    timeline_write,
+)
 from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
 from processors.metrics import Metrics
@@ -286,7 +292,7 @@ class CustomerProcessor:
         """
         writes = []
         for (rule, channel), increments in counts.items():
-            table_key = f"{rule}|{channel}".encode()
+            table_key = stats_table_key(rule, channel)
             stored = self.stats.get(table_key, partition)
             totals: dict[str, float] = {} if stored is None else orjson.loads(stored)
             for counter, amount in increments.items():
@@ -297,7 +303,7 @@ class CustomerProcessor:
                     self.metrics.offer_outcomes(rule, channel, counter).inc(amount)
             value = orjson.dumps(totals)
             self.stats.put(table_key, value, partition)
-            writes.append(ReadModelWrite(stats_key(rule), value, field=f"{channel}|p{partition}"))
+            writes.append(stats_write(table_key, value, partition))
         return writes
 
     # --- outputs --------------------------------------------------------------------------

@@ -61,6 +61,17 @@ class ReadModelWrite:
     field: str | None = None
 
 
+def stats_table_key(rule: str, channel: str) -> bytes:
+    """The stats table's key of one rule's counters on one channel (one record per partition)."""
+    return f"{rule}|{channel}".encode()
+
+
+def stats_write(table_key: bytes, totals: bytes, partition: int) -> ReadModelWrite:
+    """A partition's counters (a stats table record) as a field of the rule's hash."""
+    rule, _, channel = table_key.decode().rpartition("|")
+    return ReadModelWrite(stats_key(rule), totals, field=f"{channel}|p{partition}")
+
+
 def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
     """Every read-model key for this customer, as it should be now.
 

@@ -1,7 +1,8 @@
-"""Rewrite the Redis read model from the customer-state changelog (`omni redis rebuild`).
+"""Rewrite the Redis read model from the state changelogs (`omni redis rebuild`).
 
-The changelog topic holds every customer's newest state (it is compacted), so
-the read model can always be derived again from it, without the worker. Records
+The changelog topics hold every customer's newest state and timeline and every
+partition's offer counters (they are compacted), so the read model, ``omni:stats:*``
+included, can always be derived again from them, without the worker. Records
 of checkpoints whose input was never committed are skipped, by the rule the
 worker's recovery applies (:func:`processors.checkpoint.record_is_committed`).
 """
@@ -17,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.checkpoint import CommittedOffsets, header_value, record_is_committed
 from processors.domain.model import CustomerState
-from processors.domain.read_model import project, timeline_write
+from processors.domain.read_model import ReadModelWrite, project, stats_write, timeline_write
 from processors.projection import queue_writes
 from processors.settings import Settings
 
@@ -30,36 +31,51 @@ def changelog_topic(settings: Settings, table: str = "customers") -> str:
 
 
 def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, int]:
-    """Returns (customers, keys written)."""
+    """Returns (customers, keys and hash fields written)."""
     latest = read_changelog(settings, changelog_topic(settings), timeout)
     timelines = read_changelog(
         settings, changelog_topic(settings, "timelines"), timeout, required=False
     )
+    stats = read_changelog(settings, changelog_topic(settings, "stats"), timeout, required=False)
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     now = time.time()
     keys = customers = 0
     pipe = client.pipeline(transaction=False)
-    for key, value in latest.items():
+
+    def queue(writes: list[ReadModelWrite]) -> None:
+        nonlocal keys
+        queue_writes(pipe, writes)
+        keys += len(writes)
+        if len(pipe) >= PIPELINE_SIZE:
+            pipe.execute()
+
+    for (partition, key), value in latest.items():
         if value is None:
             continue
         state = CustomerState.from_dict(orjson.loads(value))
         customers += 1
         writes = project(state, now)
-        timeline = timelines.get(key)
+        timeline = timelines.get((partition, key))  # co-partitioned: same key, same partition
         if timeline:
             writes.append(timeline_write(state.customer_id, orjson.loads(timeline)))
-        queue_writes(pipe, writes)
-        keys += len(writes)
-        if len(pipe) >= PIPELINE_SIZE:
-            pipe.execute()
+        queue(writes)
+    queue(
+        [
+            stats_write(key, totals, partition)
+            for (partition, key), totals in stats.items()
+            if totals is not None
+        ]
+    )
     pipe.execute()
     return customers, keys
 
 
 def read_changelog(
     settings: Settings, topic: str, timeout: float, required: bool = True
-) -> dict[bytes, bytes | None]:
-    """The newest value per key of a (compacted) changelog topic; None = deleted."""
+) -> dict[tuple[int, bytes], bytes | None]:
+    """The newest value per (partition, key) of a (compacted) changelog topic; None =
+    deleted. (A table's key is unique within its partition; the stats table has the
+    same key in every partition.)"""
     consumer = Consumer(
         {
             **settings.kafka_client_config(),
@@ -68,7 +84,7 @@ def read_changelog(
             "enable.partition.eof": True,
         }
     )
-    latest: dict[bytes, bytes | None] = {}
+    latest: dict[tuple[int, bytes], bytes | None] = {}
     positions = CommittedOffsets(
         settings.kafka_client_config(), settings.app_id, settings.customer_events_topic
     )
@@ -97,7 +113,8 @@ def read_changelog(
             if record_is_committed(
                 header_value(message.headers()), committed.get(message.partition() or 0)
             ):
-                latest[message.key() or b""] = message.value()  # None = tombstone (deleted)
+                # None = tombstone (deleted)
+                latest[(message.partition() or 0, message.key() or b"")] = message.value()
     finally:
         consumer.close()
         positions.close()

@@ -110,15 +110,29 @@ def test_omni_redis_rebuild_restores_deleted_keys(
     settings: Settings, worker: WorkerProcess, readers: dict[str, TopicReader]
 ) -> None:
     cid = f"rebuild-{uuid.uuid4().hex[:8]}"
-    with TouchpointProducer(settings) as producer:
-        producer.publish(make_event(cid, "crm", "profile.updated", {"language": "pt"}))
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    # Offer counters (S11): one hash field per channel and partition; the session's Redis
+    # holds earlier tests' fields too, so only the fields this worker changed count.
+    stats_key = "omni:stats:roaming_offer"
+    stats_before = client.hgetall(stats_key)
     profile_key = f"omni:profile:{cid}"
-    before = wait_for(lambda: client.get(profile_key), 20, "the profile")
+
+    def changed_stats() -> dict[bytes, bytes]:
+        return {f: v for f, v in client.hgetall(stats_key).items() if stats_before.get(f) != v}
+
+    with TouchpointProducer(settings) as producer:
+        producer.publish(
+            make_event(cid, "crm", "profile.updated", {"language": "pt", "home_country": "DE"})
+        )
+        # Channels are separate topics: the attach must come after the home country.
+        wait_for(lambda: client.get(profile_key), 20, "the profile")
+        producer.publish(make_event(cid, "telco", "telco.network_attached", {"country": "FR"}))
+    stats = wait_for(changed_stats, 20, "the roaming offer counted in omni:stats:roaming_offer")
+    before = client.get(profile_key)
     # The rebuild restores committed state only: the commit follows the Redis write.
     topic = settings.customer_events_topic
     wait_for(lambda: committed_to_end(settings, topic), 30, f"the commit of {topic}")
-    client.delete(profile_key)
+    client.delete(profile_key, stats_key)
 
     result = subprocess.run(
         [sys.executable, "-m", "processors.tools.cli", "redis", "rebuild"],
@@ -131,3 +145,5 @@ def test_omni_redis_rebuild_restores_deleted_keys(
     assert result.returncode == 0, result.stderr
     assert "rebuilt" in result.stderr
     assert orjson.loads(client.get(profile_key) or b"{}") == orjson.loads(before)
+    rebuilt = client.hgetall(stats_key)
+    assert {f: rebuilt.get(f) for f in stats} == stats

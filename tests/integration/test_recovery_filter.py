@@ -103,7 +103,8 @@ def test_records_of_uncommitted_checkpoints_are_skipped(
     )
     assert producer.flush(10) == 0
 
-    assert read_changelog(settings, changelog_topic(settings), 10)[cid.encode()] == value
+    latest = read_changelog(settings, changelog_topic(settings), 10)
+    assert [v for (_, key), v in latest.items() if key == cid.encode()] == [value]
     shutil.rmtree(settings.data_dir)  # a new machine: state comes from the changelog only
     worker.start()
     assert re.search(r"^omni_changelog_records_skipped_total [1-9]", worker.metrics(), re.M), (

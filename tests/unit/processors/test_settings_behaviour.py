@@ -30,7 +30,6 @@ import tests.unit.processors.test_ingest as ingest_tests
 import tests.unit.processors.test_settings as settings_tests
 from processors.app import OmniApp, contact_policy, create_app, step_context
 from processors.domain import contact as cp
-from producers.actions import actions_for, verify_action_token
 from processors.domain.caps import enforce_caps
 from processors.domain.decide import in_control_group
 from processors.domain.fold import overdraft_grant
@@ -41,6 +40,7 @@ from processors.domain.step import StepContext, step
 from processors.rulebook import load_ruleset
 from processors.runtime import WorkerRuntime
 from processors.settings import DEFAULT_RULES_DIR, Settings
+from producers.actions import actions_for, verify_action_token
 from tests.unit.processors.fake_redis import FakeRedis
 
 NOW = parse_time("2026-11-22T12:00:00Z")  # a Sunday, 12:00 UTC

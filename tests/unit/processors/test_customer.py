@@ -14,47 +14,20 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 import processors.customer as customer_module
-from processors.app import step_context
-from processors.checkpoint import Checkpoint, header_value
+from processors.checkpoint import header_value
 from processors.customer import CustomerProcessor
 from processors.domain.timers import DueIndex
-from processors.metrics import Metrics
-from processors.output import TableWriter
-from processors.rulebook import load_ruleset
-from processors.settings import TRIGGER_CHANNELS, Settings
 from producers.simulator import make_event
-from tests.unit.processors.test_checkpoint import Producer, Table
-from tests.unit.processors.test_customer_containment import Event, Message, NoCommits, Writer
+from tests.unit.processors.doubles import Event, Message, customer_processor
 
 TOPIC = "omni.customer-events"
 CHANGELOG = "app-customers-changelog"  # the test Table's changelog topic name
 
 
 def build(tmp_path: Path, **overrides: Any) -> CustomerProcessor:
-    settings = Settings(data_dir=str(tmp_path), **overrides)
-    producer = Producer()
-    tables = [TableWriter(Table(tmp_path / n), producer) for n in ("c", "t", "s")]  # type: ignore[arg-type]
-    checkpoint = Checkpoint(producer, tables, TOPIC, NoCommits(), 1000)  # type: ignore[arg-type]
-    checkpoint.on_assigned([0, 1], generation=1)
-    ruleset = load_ruleset(Path(settings.rules_dir), settings.rule_delays())
-    return CustomerProcessor(
-        settings=settings,
-        ctx=step_context(settings, ruleset),
-        metrics=Metrics(CollectorRegistry()),
-        producer=producer,  # type: ignore[arg-type]
-        checkpoint=checkpoint,
-        records=tables[0],
-        timelines=tables[1],
-        stats=tables[2],
-        trigger_topics={c: settings.trigger_topic(c) for c in TRIGGER_CHANNELS},
-        customer_events_topic=TOPIC,
-        decision_topic="decision.log",
-        deadletter_topic="touchpoint.deadletter",
-        writer=Writer(),  # type: ignore[arg-type]
-    )
+    return customer_processor(tmp_path, **overrides)
 
 
 def sent(processor: CustomerProcessor) -> list[tuple[Any, ...]]:

@@ -3,77 +3,21 @@ customer's state stays as before it, and everything else in the batch goes on.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 
 import processors.customer as customer_module
-from processors.app import step_context
-from processors.checkpoint import Checkpoint
 from processors.customer import CustomerProcessor
-from processors.metrics import Metrics
-from processors.output import TableWriter
-from processors.rulebook import load_ruleset
-from processors.settings import Settings
 from producers.simulator import make_event
-from tests.unit.processors.test_checkpoint import Producer, Table
-
-
-@dataclass
-class Message:
-    key: bytes
-    value: bytes
-    partition: int
-    offset: int
-    topic: str = "omni.customer-events"
-    timestamp: float = 0.0
-
-
-@dataclass
-class Event:
-    message: Message
-
-
-class Writer:
-    def __init__(self) -> None:
-        self.writes: list[Any] = []
-
-    def submit(self, writes: list[Any], ack: Any) -> None:
-        self.writes.extend(writes)
-
-
-class NoCommits:
-    def fetch(self, partitions: Any, timeout: float = 10.0) -> dict[int, None]:
-        return {}
+from tests.unit.processors.doubles import Event, Message, customer_processor
 
 
 @pytest.fixture
 def processor(tmp_path: Path) -> CustomerProcessor:
-    settings = Settings(data_dir=str(tmp_path))
-    producer = Producer()
-    tables = [TableWriter(Table(tmp_path / n), producer) for n in ("c", "t", "s")]  # type: ignore[arg-type]
-    checkpoint = Checkpoint(producer, tables, "omni.customer-events", NoCommits(), 1000)  # type: ignore[arg-type]
-    checkpoint.on_assigned([0], generation=1)
-    ruleset = load_ruleset(Path(settings.rules_dir), settings.rule_delays())
-    return CustomerProcessor(
-        settings=settings,
-        ctx=step_context(settings, ruleset),
-        metrics=Metrics(CollectorRegistry()),
-        producer=producer,  # type: ignore[arg-type]
-        checkpoint=checkpoint,
-        records=tables[0],
-        timelines=tables[1],
-        stats=tables[2],
-        trigger_topics={"sms": "trigger.sms"},
-        customer_events_topic="omni.customer-events",
-        decision_topic="decision.log",
-        deadletter_topic="touchpoint.deadletter",
-        writer=Writer(),  # type: ignore[arg-type]
-    )
+    return customer_processor(tmp_path, partitions=[0])
 
 
 def as_event(record: dict[str, Any], offset: int) -> Event:

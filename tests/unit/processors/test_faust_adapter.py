@@ -6,7 +6,6 @@ override, fails here rather than in production.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import re
@@ -21,12 +20,11 @@ from faust.sensors import Monitor
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
-from prometheus_client import CollectorRegistry
 
 from processors import faust_adapter
-from processors.app import OmniApp, create_app
+from processors.app import OmniApp
 from processors.faust_adapter import INTERNALS, PINNED, IncompatibleFaust, check_versions
-from processors.settings import Settings
+from tests.unit.processors.doubles import unconnected_app
 
 ROOT = Path(__file__).resolve().parents[3]
 EVENTS = TP("omni.customer-events", 0)
@@ -75,13 +73,8 @@ def parameters(function: Any) -> list[tuple[str, Any]]:
 
 @pytest.fixture()
 def app() -> Iterator[OmniApp]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield create_app(Settings(kafka_bootstrap="127.0.0.1:9"), CollectorRegistry())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    with unconnected_app() as app:  # the consumer is built, never started
+        yield app
 
 
 # --- versions ---------------------------------------------------------------------------

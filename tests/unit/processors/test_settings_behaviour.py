@@ -15,20 +15,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from faust.types import TP
-from prometheus_client import CollectorRegistry
 
 import processors.output as output_module
 import tests.unit.processors.test_agents as agent_tests
 import tests.unit.processors.test_ingest as ingest_tests
 import tests.unit.processors.test_settings as settings_tests
-from processors.app import OmniApp, contact_policy, create_app, step_context
+from processors.app import OmniApp, contact_policy, step_context
 from processors.domain import contact as cp
 from processors.domain.caps import enforce_caps
 from processors.domain.decide import in_control_group
@@ -41,6 +40,7 @@ from processors.rulebook import load_ruleset
 from processors.runtime import WorkerRuntime
 from processors.settings import DEFAULT_RULES_DIR, Settings
 from producers.actions import actions_for, verify_action_token
+from tests.unit.processors.doubles import unconnected_app
 from tests.unit.processors.fake_redis import FakeRedis
 
 NOW = parse_time("2026-11-22T12:00:00Z")  # a Sunday, 12:00 UTC
@@ -65,17 +65,8 @@ def page_view(event_id: str, at: float = NOW) -> Event:
     return ev("page.viewed", {"url": "/home"}, event_id, at)
 
 
-@contextmanager
-def built_app(tmp_path: Path, **overrides: Any) -> Iterator[OmniApp]:
-    """``create_app`` for these settings; nothing connects (the broker port is closed)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        settings = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=str(tmp_path), **overrides)
-        yield create_app(settings, CollectorRegistry())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+def built_app(tmp_path: Path, **overrides: Any) -> AbstractContextManager[OmniApp]:
+    return unconnected_app(tmp_path, **overrides)
 
 
 # --- Kafka client, Faust app, state store ---------------------------------------------------

@@ -16,25 +16,18 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode import Service
-from prometheus_client import CollectorRegistry
 
-from processors.app import OmniApp, create_app
-from processors.settings import Settings
+from processors.app import OmniApp
 from processors.transport import DELIVER, DROP, BulkDeliveryConsumer
+from tests.unit.processors.doubles import unconnected_app
 
 EVENTS = TP("omni.customer-events", 1)
 
 
 @pytest.fixture()
 def app() -> Iterator[OmniApp]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        # Nothing connects: the consumer is built, never started.
-        yield create_app(Settings(kafka_bootstrap="127.0.0.1:9"), CollectorRegistry())
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
+    with unconnected_app() as app:  # the consumer is built, never started
+        yield app
 
 
 @pytest.fixture()

@@ -318,6 +318,13 @@ def up_secure_redis(settings: Settings, paths: StackPaths, say: Say) -> dict[str
     return server.access.client_env(WORKER_USER.role)
 
 
+def stack_redis_env(role: str, paths: StackPaths | None = None) -> dict[str, str]:
+    """``OMNI_REDIS_URL`` and ``OMNI_REDIS_CA_FILE`` of ``role`` for the running secured
+    stack's Redis; {} when the stack's Redis has no users."""
+    access = RedisAccess.load((paths or StackPaths(STATE_DIR)).redis_dir)
+    return {} if access is None else access.client_env(role)
+
+
 def up_redis(settings: Settings, paths: StackPaths, say: Say) -> None:
     url: str = settings.redis_url.get_secret_value()
     target = parse_redis_url(url)

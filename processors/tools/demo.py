@@ -98,9 +98,7 @@ class DemoView:
         letters = Table("reason", "source", "first error", title="Dead letters", expand=True)
         for r in self.deadletters:
             letters.add_row(r["reason"], r["source"]["topic"], (r["errors"] or [""])[0][:90])
-        atm: bytes | None = self.redis.get(
-            f"omni:entitlement:{ALICE}:overdraft"
-        )
+        atm: bytes | None = self.redis.get(f"omni:entitlement:{ALICE}:overdraft")
         ttl = self.redis.ttl(f"omni:entitlement:{ALICE}:overdraft")
         atm_view = (
             f"ATM sees for {ALICE}: {atm.decode()} (TTL {ttl}s)"
@@ -191,6 +189,13 @@ def main() -> int:
             if devstack("up") != 0:
                 print("The stack did not start; see the messages above and .omni/stack/*.log")
                 return 1
+        from devstack.stack import secure_stack_requested, stack_redis_env
+
+        if secure_stack_requested():
+            # The secured stack's Redis has users: the demo reads the ATM's view as the
+            # ATM does, with the read-only channel user.
+            os.environ.update(stack_redis_env("channel"))
+            settings = load_settings()
         play(settings, seconds)
     except KeyboardInterrupt:
         pass

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from devstack.ports import free_port
 from devstack.redis import CHANNEL_USER, TILL_USER, WORKER_USER, LocalRedis
-from devstack.stack import StackPaths, down_redis, up_secure_redis
+from devstack.stack import StackPaths, down_redis, stack_redis_env, up_secure_redis
 from processors.domain.read_model import ReadModelWrite, stats_key
 from processors.metrics import Metrics
 from processors.projection import ReadModelWriter, queue_writes
@@ -213,6 +213,14 @@ def test_the_secure_stack_starts_redis_with_users_and_hands_the_worker_its_own(
         assert "running" in said[-1]
         channel_env = (paths.redis_dir / "channel.env").read_text()
         assert f"rediss://{CHANNEL_USER.name}:" in channel_env
+        # What `make demo` reads the ATM's view with.
+        channel = stack_redis_env(CHANNEL_USER.role, paths)
+        assert channel["OMNI_REDIS_URL"] in channel_env
+        atm = Settings(
+            redis_url=channel["OMNI_REDIS_URL"], redis_ca_file=channel["OMNI_REDIS_CA_FILE"]
+        ).redis_client()
+        assert atm.get("omni:profile:nobody") is None
+        refused(lambda: atm.set("omni:profile:nobody", b"{}"))
         assert (paths.redis_dir / "access.json").stat().st_mode & 0o077 == 0
         acl = (paths.redis_dir / "users.acl").read_text()
         assert "user default off" in acl

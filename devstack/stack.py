@@ -24,7 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +40,7 @@ from devstack.procs import (
     tail,
     write_pidfile,
 )
-from devstack.redis import LocalRedis, redis_answers
+from devstack.redis import WORKER_USER, LocalRedis, RedisAccess, redis_answers, url_answers
 
 if TYPE_CHECKING:
     from processors.settings import Settings
@@ -52,6 +52,13 @@ KAFKA_READY_TIMEOUT = 120.0
 WORKER_STOP_TIMEOUT = 30.0
 
 Say = Callable[[str], None]
+
+#: ``OMNI_STACK_SECURE=1 make up``: services with users, passwords and TLS.
+SECURE_ENV = "OMNI_STACK_SECURE"
+
+
+def secure_stack_requested(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get(SECURE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dataclass(frozen=True)
@@ -260,6 +267,64 @@ def down_kafka(paths: StackPaths, say: Say) -> None:
 # --- Redis -------------------------------------------------------------------
 
 
+def up_secure_redis(settings: Settings, paths: StackPaths, say: Say) -> dict[str, str]:
+    """A local Redis with ACL users and TLS (``devstack.redis.REDIS_USERS``); returns the
+    worker's ``OMNI_REDIS_URL`` and ``OMNI_REDIS_CA_FILE``. Each role's are in
+    ``<redis dir>/<role>.env``."""
+    parts = urlsplit(settings.redis_url.get_secret_value())
+    port = parts.port or 6379
+    if (parts.hostname or "127.0.0.1") not in LOCAL_HOSTS:
+        raise DevstackError(
+            f"{SECURE_ENV}=1 starts a local Redis with users and TLS, but OMNI_REDIS_URL "
+            f"points at {parts.hostname}. Unset OMNI_REDIS_URL (or point it at 127.0.0.1), "
+            f"or unset {SECURE_ENV} to use that Redis as it is."
+        )
+    shown = f"rediss://127.0.0.1:{port}"
+    pid = read_pidfile(paths.redis_pid)
+    if pid is not None:
+        access = RedisAccess.load(paths.redis_dir)
+        if access is None or access.port != port:
+            raise DevstackError(
+                f"Our redis-server (pid {pid}) was started without users or on another port. "
+                f"Run `make down`, then `{SECURE_ENV}=1 make up`."
+            )
+        worker_env = access.client_env(WORKER_USER.role)
+        if not url_answers(worker_env["OMNI_REDIS_URL"], access.ca_file, timeout=3):
+            raise DevstackError(
+                f"Our redis-server (pid {pid}) does not answer PING on {shown} as "
+                f"{WORKER_USER.name}. Look at {paths.redis_dir / 'redis.log'}, then "
+                f"`make down && {SECURE_ENV}=1 make up`."
+            )
+        say(line("redis", "running", shown, f"pid {pid}, users and TLS"))
+        return worker_env
+    paths.redis_pid.unlink(missing_ok=True)
+    if port_is_open("127.0.0.1", port):
+        raise DevstackError(
+            f"Port {port} is taken; a secured stack never reuses a Redis it did not start. "
+            "Free the port or set OMNI_REDIS_URL=redis://127.0.0.1:<free port>/0."
+        )
+    server = LocalRedis(port, paths.redis_dir, secure=True)
+    server.start()
+    assert server.pid is not None and server.access is not None
+    write_pidfile(paths.redis_pid, server.pid)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        paths.redis_pid.unlink(missing_ok=True)
+        raise
+    say(line("redis", "started", shown, f"pid {server.pid}, users and TLS"))
+    say(line("redis", "clients", str(paths.redis_dir / "<worker|channel|till>.env")))
+    return server.access.client_env(WORKER_USER.role)
+
+
+def stack_redis_env(role: str, paths: StackPaths | None = None) -> dict[str, str]:
+    """``OMNI_REDIS_URL`` and ``OMNI_REDIS_CA_FILE`` of ``role`` for the running secured
+    stack's Redis; {} when the stack's Redis has no users."""
+    access = RedisAccess.load((paths or StackPaths(STATE_DIR)).redis_dir)
+    return {} if access is None else access.client_env(role)
+
+
 def up_redis(settings: Settings, paths: StackPaths, say: Say) -> None:
     url: str = settings.redis_url.get_secret_value()
     target = parse_redis_url(url)
@@ -357,7 +422,12 @@ def _readyz_ok(url: str) -> bool:
 
 
 def up_worker(
-    settings: Settings, paths: StackPaths, say: Say, worker_cmd: str, timeout: float
+    settings: Settings,
+    paths: StackPaths,
+    say: Say,
+    worker_cmd: str,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
 ) -> None:
     argv = shlex.split(worker_cmd)
     if not argv:
@@ -379,7 +449,9 @@ def up_worker(
             log.write(f"\n=== devstack up {time.strftime('%F %T')}: {worker_cmd}\n".encode())
         # Errors shown below come from this run only, not from older ones in the log.
         log_start = paths.worker_log.stat().st_size
-        proc = spawn_detached(argv, paths.worker_log, cwd=REPO_ROOT, env=os.environ)
+        proc = spawn_detached(
+            argv, paths.worker_log, cwd=REPO_ROOT, env={**os.environ, **(env or {})}
+        )
         pid = proc.pid
         write_pidfile(paths.worker_pid, pid)
         state = "started"
@@ -430,15 +502,22 @@ def up(
     controller_port: int | None = None,
     paths: StackPaths | None = None,
     say: Say = print,
+    secure: bool | None = None,
 ) -> None:
-    """Start (or find running) Kafka, Redis, the topics and the worker; idempotent."""
+    """Start (or find running) Kafka, Redis, the topics and the worker; idempotent.
+    ``secure`` (default: ``OMNI_STACK_SECURE``): services with users and TLS."""
     paths = paths or StackPaths(STATE_DIR)
     settings = _load_settings()
+    secure = secure_stack_requested() if secure is None else secure
     with state_lock(paths):
         up_kafka(settings, paths, say, controller_port)
-        up_redis(settings, paths, say)
+        worker_env: dict[str, str] = {}
+        if secure:
+            worker_env.update(up_secure_redis(settings, paths, say))
+        else:
+            up_redis(settings, paths, say)
         up_topics(settings, say)
-        up_worker(settings, paths, say, worker_cmd, worker_timeout)
+        up_worker(settings, paths, say, worker_cmd, worker_timeout, env=worker_env)
 
 
 def _wipe(paths: StackPaths, say: Say) -> None:
@@ -482,9 +561,15 @@ def status(*, paths: StackPaths | None = None, say: Say = print) -> bool:
 
     target = parse_redis_url(settings.redis_url.get_secret_value())
     pid = read_pidfile(paths.redis_pid)
-    answers = target.host.startswith("tls:") or redis_answers(
-        target.host, target.port, target.password
-    )
+    access = RedisAccess.load(paths.redis_dir) if pid else None
+    if access is not None:  # our secured Redis: asked as the worker, over TLS
+        worker_url = access.url_for(WORKER_USER.role)
+        answers = url_answers(worker_url, access.ca_file)
+        target = RedisTarget(f"tls:{target.host}", access.port, None)
+    else:
+        answers = target.host.startswith("tls:") or redis_answers(
+            target.host, target.port, target.password
+        )
     healthy &= answers
     owner = f"pid {pid}" if pid else "not managed by devstack"
     shown = f"redis://{target.host}:{target.port}"

@@ -182,7 +182,10 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     # Offer performance per rule and channel, per partition (S11).
     stats = state_table("stats")
     writer = ReadModelWriter(
-        settings.redis_url.get_secret_value(), metrics, settings.redis_retry_max_seconds
+        settings.redis_url.get_secret_value(),
+        metrics,
+        settings.redis_retry_max_seconds,
+        client_options=settings.redis_client_options(),
     )
     producer = OutputProducer(settings.kafka_client_config(), settings.producer_linger_ms)
     records = TableWriter(table, producer)

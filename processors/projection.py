@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -56,11 +56,16 @@ class ReadModelWriter:
         metrics: Metrics,
         retry_max_seconds: float = 5.0,
         write_timeout_seconds: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
     ) -> None:
         # No per-reply socket timeout: redis-py wraps every reply of a pipeline in an
         # asyncio timeout of its own (a measurable share of the worker's CPU); one
         # deadline for the whole pipeline (``_write``) finds a hung Redis as well.
-        self._redis = aioredis.Redis.from_url(redis_url, socket_connect_timeout=2.0)
+        # ``client_options``: the TLS CA (``Settings.redis_client_options``); user and
+        # password travel in the URL.
+        self._redis = aioredis.Redis.from_url(
+            redis_url, socket_connect_timeout=2.0, **(client_options or {})
+        )
         self._write_timeout = write_timeout_seconds
         self._metrics = metrics
         self._retry_max = retry_max_seconds

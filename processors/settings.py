@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The producer side's settings (the contract package) share these names, defaults and
@@ -24,8 +24,12 @@ from producers.config import (
     DEFAULT_KAFKA_BOOTSTRAP,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+    DEFAULT_REDIS_URL,
+    check_redis_tls,
+    connect_redis,
     kafka_client_config,
     namespace_prefix,
+    redis_client_options,
     touchpoint_topic,
 )
 
@@ -83,7 +87,11 @@ class Settings(BaseSettings):
 
     # --- Redis -------------------------------------------------------------
     redis_url: SecretStr = Field(
-        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may carry a password)"
+        SecretStr(DEFAULT_REDIS_URL),
+        description="Redis URL: redis://user:password@host:port/db, rediss:// for TLS",
+    )
+    redis_ca_file: str | None = Field(
+        None, description="PEM CA that signed the Redis server's certificate (rediss:// only)"
     )
     redis_retry_max_seconds: float = Field(
         5.0, gt=0, description="Backoff ceiling while Redis is down"
@@ -240,6 +248,20 @@ class Settings(BaseSettings):
     @classmethod
     def _namespace_is_a_prefix(cls, value: str) -> str:
         return namespace_prefix(value)
+
+    @model_validator(mode="after")
+    def _redis_tls_is_consistent(self) -> Settings:
+        check_redis_tls(self.redis_url.get_secret_value(), self.redis_ca_file)
+        return self
+
+    # --- Redis clients (one place: user, password, TLS) ---------------------
+    def redis_client_options(self) -> dict[str, Any]:
+        """Keyword arguments beside the URL for ``Redis.from_url`` (sync or asyncio)."""
+        return redis_client_options(self.redis_ca_file)
+
+    def redis_client(self) -> Any:
+        """A sync ``redis.Redis`` for the tools (rebuild, stats, demo)."""
+        return connect_redis(self.redis_url.get_secret_value(), self.redis_ca_file)
 
     # --- Topic names (one place) ------------------------------------------
     def touchpoint_topic(self, channel: str) -> str:

@@ -32,6 +32,12 @@ class CouponClaims:
     def __init__(self, redis_client: Any) -> None:
         self._redis = redis_client
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> CouponClaims:
+        """Connected as ``settings.redis_url`` says (the till's user; ``rediss://`` with
+        ``redis_ca_file`` for TLS): a ``ProducerSettings`` or the worker's ``Settings``."""
+        return cls(settings.redis_client())
+
     def claim(self, coupon_id: str, channel: str, valid_seconds: float) -> bool:
         """True for the first claim of ``coupon_id``; False when it was already claimed."""
         return bool(

@@ -16,11 +16,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from schemas.bounds import DEFAULT_MAX_FUTURE_SKEW_SECONDS
 
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+#: The read-model Redis (``OMNI_REDIS_URL``); ``redis://user:password@host:port/db``,
+#: ``rediss://`` for TLS.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 #: The largest event value the worker accepts (``OMNI_MAX_EVENT_BYTES``).
 DEFAULT_MAX_EVENT_BYTES = 64 * 1024
 ENV_PREFIX = "OMNI_"
@@ -50,6 +55,51 @@ def kafka_client_config(
             }
         )
     return config
+
+
+def check_redis_tls(url: str, ca_file: str | None) -> None:
+    """ValueError naming the fix when ``OMNI_REDIS_CA_FILE`` and ``OMNI_REDIS_URL`` disagree.
+
+    A CA file with a ``redis://`` URL would silently talk in clear to a server the
+    operator meant to reach over TLS, so it is refused rather than ignored.
+    """
+    if ca_file is None:
+        return
+    scheme = urlsplit(url).scheme
+    if scheme != "rediss":
+        raise ValueError(
+            f"OMNI_REDIS_CA_FILE is set but OMNI_REDIS_URL is a {scheme}:// URL (no TLS): "
+            "use rediss://user:password@host:port/0 to reach Redis over TLS, or unset "
+            "OMNI_REDIS_CA_FILE"
+        )
+    if not Path(ca_file).is_file():
+        raise ValueError(
+            f"OMNI_REDIS_CA_FILE={ca_file!r} is not a readable file: point it at the PEM "
+            "certificate of the CA that signed the Redis server's certificate"
+        )
+
+
+def redis_client_options(ca_file: str | None) -> dict[str, Any]:
+    """Keyword arguments for ``redis.Redis.from_url`` (sync or asyncio) beside the URL.
+
+    The URL carries user, password (percent-encoded) and ``rediss://`` for TLS; the CA
+    is the one thing a URL cannot say. Without it a ``rediss://`` client trusts the
+    system's CAs. Server certificates are always verified (redis-py's default).
+    """
+    return {} if ca_file is None else {"ssl_ca_certs": ca_file}
+
+
+def connect_redis(url: str, ca_file: str | None = None) -> Any:
+    """A sync ``redis.Redis`` for ``url`` (user, password, TLS) and the CA file."""
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(
+            "A Redis client is needed (coupon claims, the read model): install it with "
+            '`pip install "./contract[claims]"` (or `pip install redis`)'
+        ) from None
+    check_redis_tls(url, ca_file)
+    return redis.Redis.from_url(url, **redis_client_options(ca_file))
 
 
 class ProducerTarget(Protocol):
@@ -93,9 +143,14 @@ class ProducerSettings:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     #: How far ahead of this clock ``occurred_at`` may be before the event is refused.
     max_future_skew_seconds: float = DEFAULT_MAX_FUTURE_SKEW_SECONDS
+    #: For coupon claims (``CouponClaims.from_settings``): the till's Redis user is in it.
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    #: PEM CA for a ``rediss://`` URL; unset: the system's CAs.
+    redis_ca_file: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topic_namespace", namespace_prefix(self.topic_namespace))
+        check_redis_tls(self.redis_url, self.redis_ca_file)
         if self.max_event_bytes < 1 or self.max_future_skew_seconds < 0:
             raise ValueError(
                 "max_event_bytes must be at least 1 and max_future_skew_seconds at least 0 "
@@ -131,3 +186,7 @@ class ProducerSettings:
 
     def touchpoint_topic(self, channel: str) -> str:
         return touchpoint_topic(self.topic_namespace, channel)
+
+    def redis_client(self) -> Any:
+        """A sync Redis client for ``redis_url`` and ``redis_ca_file``."""
+        return connect_redis(self.redis_url, self.redis_ca_file)

@@ -88,12 +88,10 @@ def deadletters(
 @app.command()
 def stats() -> None:
     """Offer performance per rule and channel, live (S11): sent, suppressed, responses, lift."""
-    import redis
-
     from processors.tools.stats import rates, read_stats
 
     settings = Settings()
-    totals = read_stats(redis.Redis.from_url(settings.redis_url.get_secret_value()))
+    totals = read_stats(settings.redis_client())
     if not totals:
         typer.echo("No offer statistics yet: is the worker running and have rules matched?")
         return

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-import redis
 from confluent_kafka import Consumer
 from pydantic import ValidationError
 from rich.console import Group
@@ -52,7 +51,7 @@ class DemoView:
         self.deadletters: deque[dict[str, Any]] = deque(maxlen=5)
         self.story_log: deque[str] = deque(maxlen=12)
         self.counts: Counter[str] = Counter()
-        self.redis = redis.Redis.from_url(settings.redis_url.get_secret_value())
+        self.redis = settings.redis_client()
 
     def consume(self, stop: threading.Event) -> None:
         settings = self.settings
@@ -99,9 +98,7 @@ class DemoView:
         letters = Table("reason", "source", "first error", title="Dead letters", expand=True)
         for r in self.deadletters:
             letters.add_row(r["reason"], r["source"]["topic"], (r["errors"] or [""])[0][:90])
-        atm: bytes | None = self.redis.get(  # type: ignore[assignment]
-            f"omni:entitlement:{ALICE}:overdraft"
-        )
+        atm: bytes | None = self.redis.get(f"omni:entitlement:{ALICE}:overdraft")
         ttl = self.redis.ttl(f"omni:entitlement:{ALICE}:overdraft")
         atm_view = (
             f"ATM sees for {ALICE}: {atm.decode()} (TTL {ttl}s)"
@@ -192,6 +189,13 @@ def main() -> int:
             if devstack("up") != 0:
                 print("The stack did not start; see the messages above and .omni/stack/*.log")
                 return 1
+        from devstack.stack import secure_stack_requested, stack_redis_env
+
+        if secure_stack_requested():
+            # The secured stack's Redis has users: the demo reads the ATM's view as the
+            # ATM does, with the read-only channel user.
+            os.environ.update(stack_redis_env("channel"))
+            settings = load_settings()
         play(settings, seconds)
     except KeyboardInterrupt:
         pass

@@ -13,7 +13,6 @@ import time
 import uuid
 
 import orjson
-import redis
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.checkpoint import CommittedOffsets, header_value, record_is_committed
@@ -37,7 +36,7 @@ def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, 
         settings, changelog_topic(settings, "timelines"), timeout, required=False
     )
     stats = read_changelog(settings, changelog_topic(settings, "stats"), timeout, required=False)
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = settings.redis_client()
     now = time.time()
     keys = customers = 0
     pipe = client.pipeline(transaction=False)

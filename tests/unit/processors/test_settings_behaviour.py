@@ -217,6 +217,29 @@ def test_redis_retry_max_seconds_caps_the_retry_backoff(
     assert backoffs(redis_retry_max_seconds=0.3) == [0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
 
 
+def test_redis_ca_file_makes_every_redis_client_verify_tls_with_that_ca(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")  # read only when connecting
+    url = "rediss://omni-worker:p%40ss@redis.internal:6380/0"
+
+    def clients(**overrides: Any) -> list[Any]:
+        with built_app(tmp_path / str(len(overrides)), **overrides) as app:
+            settings = Settings(**overrides)
+            return [app.pipeline.writer._redis, settings.redis_client()]
+
+    for client in clients(redis_url=url, redis_ca_file=str(ca_file)):
+        kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["ssl_ca_certs"] == str(ca_file)
+        assert "SSL" in client.connection_pool.connection_class.__name__
+        assert (kwargs["username"], kwargs["password"]) == ("omni-worker", "p@ss")
+    for client in clients(redis_url=url):  # rediss:// without a CA file: the system's CAs
+        assert client.connection_pool.connection_kwargs.get("ssl_ca_certs") is None
+    with pytest.raises(ValueError, match="use rediss://"):
+        Settings(redis_url="redis://127.0.0.1:6379/0", redis_ca_file=str(ca_file))
+    with pytest.raises(ValueError, match="is not a readable file"):
+        Settings(redis_url=url, redis_ca_file=str(tmp_path / "missing.crt"))
+
+
 # --- runtime: timer tick and liveness -------------------------------------------------------
 
 
@@ -532,6 +555,7 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "kafka_sasl_username": test_kafka_sasl_username_and_password_switch_the_clients_to_sasl,
     "kafka_sasl_password": test_kafka_sasl_username_and_password_switch_the_clients_to_sasl,
     "redis_retry_max_seconds": test_redis_retry_max_seconds_caps_the_retry_backoff,
+    "redis_ca_file": test_redis_ca_file_makes_every_redis_client_verify_tls_with_that_ca,
     "rocksdb_write_buffer_mib": test_rocksdb_memory_settings_size_each_table_store,
     "rocksdb_block_cache_mib": test_rocksdb_memory_settings_size_each_table_store,
     "batch_max_events": agent_tests.test_ingest_batches_hold_at_most_batch_max_events,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from processors.settings import Settings
+from producers.claims import CouponClaims
 from producers.config import ProducerSettings
 from producers.sdk import TouchpointProducer
 
@@ -65,3 +66,24 @@ def test_the_sdk_takes_either_settings_object() -> None:
         producer = TouchpointProducer(settings)
         assert producer.settings is settings
         producer.flush(0)
+
+
+def test_redis_url_and_ca_file_reach_the_coupon_claims_client(tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text("-----BEGIN CERTIFICATE-----\n")  # read only when connecting
+    settings = ProducerSettings.from_env(
+        {
+            "OMNI_REDIS_URL": "rediss://omni-till:s%2F3cret@redis.internal:6380/0",
+            "OMNI_REDIS_CA_FILE": str(ca_file),
+        }
+    )
+    assert "s%2F3cret" not in repr(settings)
+    pool = CouponClaims.from_settings(settings)._redis.connection_pool
+    assert "SSL" in pool.connection_class.__name__
+    kwargs = pool.connection_kwargs
+    assert (kwargs["username"], kwargs["password"]) == ("omni-till", "s/3cret")
+    assert kwargs["ssl_ca_certs"] == str(ca_file)
+    workers_default = Settings.model_fields["redis_url"].default.get_secret_value()
+    assert ProducerSettings.from_env({}).redis_url == workers_default
+    with pytest.raises(ValueError, match="OMNI_REDIS_CA_FILE is set but OMNI_REDIS_URL is a redis"):
+        ProducerSettings(redis_ca_file=str(ca_file))

@@ -18,6 +18,8 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.domain.policy import DEFAULT_ENTITLEMENT_CHANNELS, DEFAULT_OVERDRAFT_MAX_LIMIT
+
 # The producer side's settings (the contract package) share these names, defaults and
 # topic naming; they are defined there so an SDK and the worker cannot disagree.
 from producers.config import (
@@ -128,6 +130,17 @@ class Settings(BaseSettings):
         30.0, ge=0, description="No second roaming offer for a country within this (rule delay)"
     )
     overdraft_default_valid_hours: int = Field(24, ge=1, le=720)
+    # --- Authorised grants (processors/domain/grants.py) ---
+    entitlement_channels: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ENTITLEMENT_CHANNELS),
+        description="Channels whose offer.accepted may grant an overdraft entitlement "
+        '(JSON list, e.g. ["mobile", "web"]); from any other: refused channel_not_allowed',
+    )
+    overdraft_max_limit: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_OVERDRAFT_MAX_LIMIT),
+        description="Largest overdraft limit an acceptance may grant, per ISO 4217 currency "
+        '(JSON, e.g. {"EUR": 5000}); above it limit_too_high, another currency unknown_currency',
+    )
     deadletter_raw_max_bytes: int = Field(
         8 * 1024, description="The raw field of a dead letter is cut here"
     )
@@ -243,6 +256,34 @@ class Settings(BaseSettings):
         description="A customer's encoded record never exceeds this; oldest items are "
         "trimmed (counted) to fit",
     )
+
+    @field_validator("entitlement_channels")
+    @classmethod
+    def _entitlement_channels_are_touchpoints(cls, value: list[str]) -> list[str]:
+        unknown = [channel for channel in value if channel not in TOUCHPOINT_CHANNELS]
+        if unknown:
+            raise ValueError(
+                f"{unknown} are not touchpoint channels: list only channels of "
+                f"{', '.join(TOUCHPOINT_CHANNELS)} (as JSON, e.g. "
+                '\'["mobile", "web", "branch", "callcenter"]\')'
+            )
+        return value
+
+    @field_validator("overdraft_max_limit")
+    @classmethod
+    def _overdraft_limits_are_per_currency(cls, value: dict[str, float]) -> dict[str, float]:
+        for currency, limit in value.items():
+            if len(currency) != 3 or not currency.isascii() or not currency.isupper():
+                raise ValueError(
+                    f"{currency!r} is not an ISO 4217 currency code: use three upper-case "
+                    'letters, e.g. {"EUR": 5000, "GBP": 5000}'
+                )
+            if not limit > 0:
+                raise ValueError(
+                    f"the largest overdraft in {currency} is {limit}: give a limit above 0, "
+                    "or leave the currency out to refuse overdrafts in it"
+                )
+        return value
 
     @field_validator("topic_namespace")
     @classmethod

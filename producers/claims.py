@@ -1,8 +1,8 @@
 """Coupon claims (S7): the till's side, a Redis ``SET NX`` before handing over the goods.
 
-Part of the contract package because tills call it without the worker; the
-worker's read model (``processors.domain.read_model``) takes the key prefix from
-here, so the claim key sits next to the ``omni:coupon:<id>`` record it guards.
+Part of the contract package because tills call it without the worker; the claim
+key and the worker's ``omni:coupon:<id>`` record it guards are both built by
+:mod:`producers.keys` (ids percent-encoded, so no coupon id reaches another's key).
 Needs a Redis client: ``pip install "./contract[claims]"``.
 """
 
@@ -10,13 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Every Redis read-model key starts with this (README "Redis read model").
-KEY_PREFIX = "omni"
+from producers.keys import KEY_PREFIX, coupon_claim_key
 
-
-def coupon_claim_key(coupon_id: str) -> str:
-    """Channels claim a coupon here (SET NX) before handing over the goods; never projected."""
-    return f"{KEY_PREFIX}:coupon:{coupon_id}:claim"
+__all__ = ["KEY_PREFIX", "CouponClaims", "coupon_claim_key"]
 
 
 class CouponClaims:

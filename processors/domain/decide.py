@@ -29,7 +29,7 @@ from processors.domain.model import (
     format_time,
 )
 from processors.domain.policy import has_marketing_consent, is_stale
-from processors.domain.reasons import CONTROL_GROUP, EXPIRED, STALE
+from processors.domain.reasons import CONTROL_GROUP, EXPIRED, STALE, UNAUTHORIZED
 from processors.domain.rule_timers import schedule_rule_timer
 from processors.domain.views import PAYLOAD_VIEWS, preferred_channel
 from processors.rulebook import Match
@@ -47,10 +47,21 @@ def decide(
     ctx: StepContext,
     now: float,
     out: StepOutputs,
+    refusal: str | None = None,
 ) -> None:
-    """Record a decision for each match of ``event`` (timer rules: start the timer)."""
+    """Record a decision for each match of ``event`` (timer rules: start the timer).
+
+    ``refusal``: the rule that refused what the event would grant
+    (:func:`processors.domain.grants.grant_refusal`); then every match is suppressed
+    ``unauthorized`` and that rule, and no trigger or timer comes of it.
+    """
     candidates: list[tuple[Match, cp.Candidate]] = []
     for match in matches:
+        if refusal is not None:
+            tid = trigger_id(match.rule.id, event.customer_id, event.event_id)
+            refused = (UNAUTHORIZED, refusal)
+            _record(state, event, match, _channel(state, match), tid, refused, ctx, now, out)
+            continue
         if match.due_at is not None:
             schedule_rule_timer(state, event, match, out)
             continue

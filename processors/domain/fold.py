@@ -51,8 +51,15 @@ def overdraft_grant(event: Event, policy: Policy) -> dict[str, Any] | None:
     }
 
 
-def apply_event(state: CustomerState, event: Event, policy: Policy) -> None:
-    """Fold the facts an event carries into the customer's state."""
+def apply_event(
+    state: CustomerState, event: Event, policy: Policy, authorised: bool = True
+) -> None:
+    """Fold the facts an event carries into the customer's state.
+
+    ``authorised``: False when what the event would grant was refused
+    (:func:`processors.domain.grants.grant_refusal`): it grants no entitlement and
+    no coupon, but is still an interaction (last seen, updated at).
+    """
     payload = event.payload
     kind = event.type
     if kind == "profile.updated":
@@ -66,14 +73,14 @@ def apply_event(state: CustomerState, event: Event, policy: Policy) -> None:
     elif kind == "telco.network_attached":
         state.last_country = payload["country"]
     elif kind == "offer.accepted":
-        grant = overdraft_grant(event, policy)
+        grant = overdraft_grant(event, policy) if authorised else None
         if grant is not None and grant["limit"] is not None:
             state.entitlements["overdraft"] = grant
     elif kind == "atm.withdrawal":
         _note_airport_withdrawal(state, event)
     elif kind in ("cart.updated", "order.placed"):
         _apply_cart(state, event)
-    elif kind in ("coupon.issued", "coupon.redeemed"):
+    elif kind in ("coupon.issued", "coupon.redeemed") and authorised:
         _apply_coupon(state, event)
     elif kind in ("appointment.booked", "kiosk.checked_in", "diagnosis.ready"):
         _apply_appointment(state, event)

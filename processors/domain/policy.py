@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from processors.domain.model import CustomerState
@@ -11,6 +12,13 @@ if TYPE_CHECKING:
     from processors.settings import Settings
 
 DAY = 86400.0
+
+#: Channels where a customer accepts an offer herself (S1: the app; also the web, and
+#: staff on her behalf in a branch or on a call), so an acceptance there may grant an
+#: entitlement. Not atm, pos, tv, ...: nothing there offers credit.
+DEFAULT_ENTITLEMENT_CHANNELS: tuple[str, ...] = ("mobile", "web", "branch", "callcenter")
+#: The largest overdraft an acceptance may grant, per currency; other currencies grant none.
+DEFAULT_OVERDRAFT_MAX_LIMIT: dict[str, float] = {"EUR": 5000.0, "GBP": 5000.0, "USD": 5000.0}
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,6 +34,12 @@ class Policy:
     max_future_skew: float = 300.0
     #: A customer's encoded record never exceeds this (processors.domain.caps).
     max_state_bytes: int = 256 * 1024
+    #: Channels whose acceptances may grant an entitlement (processors.domain.grants).
+    entitlement_channels: frozenset[str] = frozenset(DEFAULT_ENTITLEMENT_CHANNELS)
+    #: Currency -> the largest overdraft limit an acceptance may grant in it.
+    overdraft_max_limit: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_OVERDRAFT_MAX_LIMIT)
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -37,6 +51,8 @@ class Policy:
             dedup_days=settings.dedup_days,
             max_future_skew=settings.max_future_skew_seconds,
             max_state_bytes=settings.max_state_bytes,
+            entitlement_channels=frozenset(settings.entitlement_channels),
+            overdraft_max_limit=dict(settings.overdraft_max_limit),
         )
 
 

@@ -13,24 +13,32 @@ import orjson
 
 from processors.domain.model import CustomerState, format_time
 
-# The prefix is the contract's: channels' coupon claims (producers.claims) share it.
-from producers.claims import KEY_PREFIX
+# The key scheme is the contract's (channels build the same keys): ids are
+# percent-encoded there, so no id reaches another record's key.
+from producers.keys import (
+    cart_key,
+    coupon_key,
+    entitlement_key,
+    profile_key,
+    stats_key,
+    timeline_key,
+)
 
-
-def profile_key(customer_id: str) -> str:
-    return f"{KEY_PREFIX}:profile:{customer_id}"
-
-
-def entitlement_key(customer_id: str, kind: str) -> str:
-    return f"{KEY_PREFIX}:entitlement:{customer_id}:{kind}"
-
-
-def cart_key(customer_id: str) -> str:
-    return f"{KEY_PREFIX}:cart:{customer_id}"
-
-
-def coupon_key(coupon_id: str) -> str:
-    return f"{KEY_PREFIX}:coupon:{coupon_id}"
+__all__ = [
+    "CART_DELETE_SECONDS",
+    "COUPON_KEEP_SECONDS",
+    "ReadModelWrite",
+    "cart_key",
+    "coupon_key",
+    "entitlement_key",
+    "profile_key",
+    "project",
+    "stats_key",
+    "stats_table_key",
+    "stats_write",
+    "timeline_key",
+    "timeline_write",
+]
 
 
 #: After a cart is closed its key is deleted on every projection for this long (replays
@@ -39,15 +47,6 @@ CART_DELETE_SECONDS = 86400.0
 
 #: Coupon records stay readable this long after the coupon expired.
 COUPON_KEEP_SECONDS = 30 * 86400.0
-
-
-def stats_key(rule: str) -> str:
-    """``omni:stats:<rule>``: a hash, one field per channel and partition (whole values)."""
-    return f"{KEY_PREFIX}:stats:{rule}"
-
-
-def timeline_key(customer_id: str) -> str:
-    return f"{KEY_PREFIX}:timeline:{customer_id}"
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,7 +1,9 @@
 """``step(state, events) -> (state, outputs)``: one customer's batch, as a pure function.
 
-For each event, in order: drop it if it is a duplicate; note a response to an
-earlier offer (:mod:`~processors.domain.responses`); evaluate the rule set against
+For each event, in order: drop it if it is a duplicate; check what it would grant
+(:mod:`~processors.domain.grants`: a refused grant is no response and every match of
+it is suppressed ``unauthorized``); note a response to an earlier offer
+(:mod:`~processors.domain.responses`); evaluate the rule set against
 the state *before* the event (:mod:`~processors.domain.views`); decide every match
 (:mod:`~processors.domain.decide`: service: expiry only; marketing: staleness, then
 the contact policy of :mod:`~processors.domain.contact`); record a decision per
@@ -29,6 +31,7 @@ from processors.domain.fold import (
     prune_expired,
     remember,
 )
+from processors.domain.grants import grant_refusal
 from processors.domain.model import CustomerState, Event, StepOutputs
 from processors.domain.policy import DAY, Policy
 from processors.domain.responses import note_ignored, note_response
@@ -90,7 +93,10 @@ def step(
             out.duplicates += 1
             continue
         out.changed = True
-        note_response(state, contact, event, ctx, out)
+        # Before the response pops the offer it may answer: that offer is the authority.
+        refusal = grant_refusal(state, event, ctx.policy)
+        if refusal is None:
+            note_response(state, contact, event, ctx, out)
         if ctx.ruleset.listens_to(event.type):
             event_ctx = event_context(event, ctx)
             fields = ctx.ruleset.state_fields.get(event.type, frozenset())
@@ -98,9 +104,10 @@ def step(
             cancel_rule_timers(state, event_ctx, state_ctx, ctx, now, out)
             evaluation = ctx.ruleset.evaluate(event_ctx, state_ctx, now)
             out.rule_errors.extend(evaluation.errors)
-            decide(state, contact, event, evaluation.matches, ctx, now, out)
-        apply_event(state, event, ctx.policy)
-        note_journey(state, event, ctx)
+            decide(state, contact, event, evaluation.matches, ctx, now, out, refusal=refusal)
+        apply_event(state, event, ctx.policy, authorised=refusal is None)
+        if refusal is None:
+            note_journey(state, event, ctx)
         # Per event, as the rules of the next event must see a capped record.
         apply_count_caps(state, now, out.state_items_dropped)
         if out.timeline is not None:

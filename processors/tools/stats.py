@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from processors.domain.read_model import stats_key
+from producers.keys import segment_value
 
 Totals = dict[tuple[str, str], dict[str, float]]
 
@@ -24,7 +25,7 @@ def read_stats(client: Any) -> Totals:
     totals: Totals = defaultdict(lambda: defaultdict(float))
     prefix = stats_key("")
     for key in client.scan_iter(match=f"{prefix}*", count=500):
-        rule = key.decode()[len(prefix) :]
+        rule = segment_value(key.decode()[len(prefix) :])
         for field, value in client.hgetall(key).items():
             channel = field.decode().rsplit("|p", 1)[0]
             for counter, amount in orjson.loads(value).items():

@@ -57,8 +57,10 @@ def context(**overrides: Any) -> StepContext:
     return step_context(settings, load_ruleset(Path(settings.rules_dir), settings.rule_delays()))
 
 
-def ev(type_: str, payload: dict[str, Any], event_id: str, at: float = NOW) -> Event:
-    return Event(event_id, type_, "web", "c1", at, payload, produced_at=at)
+def ev(
+    type_: str, payload: dict[str, Any], event_id: str, at: float = NOW, channel: str = "web"
+) -> Event:
+    return Event(event_id, type_, channel, "c1", at, payload, produced_at=at)
 
 
 def page_view(event_id: str, at: float = NOW) -> Event:
@@ -336,6 +338,43 @@ def test_overdraft_default_valid_hours_is_the_validity_of_an_overdraft_without_o
     assert grant is not None and grant["expires_at"] == NOW + 6 * HOUR
 
 
+def overdraft_outcome(accepted: Event, **overrides: Any) -> tuple[bool, tuple[str, ...]]:
+    """(an entitlement was granted, the reasons of the overdraft rule's decision)."""
+    state, out = step(None, [accepted], context(**overrides), NOW)
+    [decision] = [d for d in out.decisions if d.rule == "overdraft_entitlement"]
+    return "overdraft" in state.entitlements, decision.reasons
+
+
+def test_entitlement_channels_are_where_an_acceptance_may_grant_an_overdraft() -> None:
+    payload = {"offer_id": "OD1", "offer_type": "overdraft", "limit": 500, "currency": "GBP"}
+    in_the_app = ev("offer.accepted", payload, "a1", channel="mobile")
+    at_the_till = ev("offer.accepted", payload, "a2", channel="pos")
+    assert overdraft_outcome(in_the_app) == (True, ())
+    assert overdraft_outcome(at_the_till) == (False, ("unauthorized", "channel_not_allowed"))
+    assert overdraft_outcome(in_the_app, entitlement_channels=["branch"]) == (
+        False,
+        ("unauthorized", "channel_not_allowed"),
+    )
+    assert overdraft_outcome(at_the_till, entitlement_channels=["pos"]) == (True, ())
+
+
+def test_overdraft_max_limit_is_the_largest_overdraft_per_currency() -> None:
+    def accepted(limit: int, currency: str) -> Event:
+        payload = {"offer_id": "OD1", "offer_type": "overdraft", "limit": limit}
+        return ev("offer.accepted", {**payload, "currency": currency}, "a1", channel="mobile")
+
+    assert overdraft_outcome(accepted(5000, "EUR")) == (True, ())
+    assert overdraft_outcome(accepted(5001, "EUR"))[1] == ("unauthorized", "limit_too_high")
+    assert overdraft_outcome(accepted(500, "CHF"))[1] == ("unauthorized", "unknown_currency")
+    higher = {"EUR": 20000.0, "CHF": 800.0}
+    assert overdraft_outcome(accepted(5001, "EUR"), overdraft_max_limit=higher) == (True, ())
+    assert overdraft_outcome(accepted(500, "CHF"), overdraft_max_limit=higher) == (True, ())
+    assert overdraft_outcome(accepted(500, "GBP"), overdraft_max_limit=higher)[1] == (
+        "unauthorized",
+        "unknown_currency",
+    )
+
+
 def test_max_state_bytes_is_the_size_a_record_is_trimmed_to() -> None:
     def trimmed(**overrides: Any) -> tuple[int, dict[str, int]]:
         state = CustomerState.new("c1")
@@ -451,7 +490,10 @@ def test_cart_abandon_after_seconds_is_the_wait_before_a_cart_reminder() -> None
 
 def test_coupon_reminder_before_seconds_is_how_early_a_coupon_is_reminded() -> None:
     issued = ev(
-        "coupon.issued", {"coupon_id": "K1", "value": 5, "currency": "EUR", "valid_hours": 72}, "i1"
+        "coupon.issued",
+        {"coupon_id": "K1", "value": 5, "currency": "EUR", "valid_hours": 72},
+        "i1",
+        channel="tv",  # the channels that issue coupons (a coupon from web grants nothing)
     )
     assert timer_due(issued) == NOW + 48 * HOUR
     assert timer_due(issued, coupon_reminder_before_seconds=6 * HOUR) == NOW + 66 * HOUR
@@ -571,6 +613,10 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "overdraft_default_valid_hours": (
         test_overdraft_default_valid_hours_is_the_validity_of_an_overdraft_without_one
     ),
+    "entitlement_channels": (
+        test_entitlement_channels_are_where_an_acceptance_may_grant_an_overdraft
+    ),
+    "overdraft_max_limit": test_overdraft_max_limit_is_the_largest_overdraft_per_currency,
     "deadletter_raw_max_bytes": (
         ingest_tests.test_deadletter_raw_max_bytes_cuts_the_raw_value_of_a_dead_letter
     ),

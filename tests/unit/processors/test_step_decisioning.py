@@ -154,7 +154,13 @@ def test_branch_briefing_has_history_and_entitlements() -> None:
 def test_overdraft_payload_times_are_rfc3339() -> None:
     accepted = ev(
         "offer.accepted",
-        {"offer_id": "OD-1", "offer_type": "overdraft", "limit": 300, "valid_hours": 2},
+        {
+            "offer_id": "OD-1",
+            "offer_type": "overdraft",
+            "limit": 300,
+            "currency": "EUR",
+            "valid_hours": 2,
+        },
         "o1",
         "mobile",
     )
@@ -162,7 +168,7 @@ def test_overdraft_payload_times_are_rfc3339() -> None:
     [trigger] = out.triggers
     assert trigger.payload == {
         "limit": 300,
-        "currency": None,
+        "currency": "EUR",
         "offer_id": "OD-1",
         "expires_at": "2026-11-22T13:59:50.000Z",
     }

@@ -33,6 +33,7 @@ from processors.output import OutputProducer, TableWriter
 from processors.projection import ReadModelWriter
 from processors.rulebook import RuleSet, load_ruleset
 from processors.settings import TRIGGER_CHANNELS, Settings
+from processors.topics import changelog_configs
 from processors.transport import new_transport
 from schemas import EventValidator
 
@@ -169,10 +170,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
             key_type=bytes,
             value_type=bytes,
             options=dict(store_options),  # Faust pops keys from it: one copy each
-            # Recovery skips records of uncommitted checkpoints; the value before such a
-            # record must still exist, so compaction leaves recent records alone.
+            # Compaction: recovery's filter needs the value before a skipped record (min
+            # lag); an erasure needs her old values gone within a bound (max lag,
+            # delete retention). processors/topics.py says why each.
             extra_topic_configs={
-                "min.compaction.lag.ms": int(settings.changelog_min_compaction_lag_seconds * 1000)
+                name: int(value) for name, value in changelog_configs(settings).items()
             },
         )
 

@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import cast
+from typing import Any, cast
 
 import orjson
 from confluent_kafka import KafkaError, Message
@@ -154,7 +154,9 @@ class CustomerProcessor:
         writes: list[ReadModelWrite] = []
         for event in raw_events:
             try:
-                writes = self._apply(key, partition, [event], now, due, counts)
+                # Kept, not replaced: an erasure's deletes must survive the projections
+                # of later events (the writer keeps the newest value of each key).
+                writes.extend(self._apply(key, partition, [event], now, due, counts))
             except Exception as exc:
                 self._failed(key, event, exc, due, now)
         return writes
@@ -179,6 +181,10 @@ class CustomerProcessor:
         timeline_changed = False
         outputs: list[StepOutputs] = []
         lags: list[float] = []
+        #: Deletes of the read-model keys of a customer erased in this batch.
+        erased_keys: list[ReadModelWrite] = []
+        #: The customer was erased and nothing came after: delete, do not write.
+        forgotten = False
         for is_marker, group in groupby(raw_events, key=_is_timer_marker):
             if not is_marker:
                 parsed = [
@@ -191,6 +197,9 @@ class CustomerProcessor:
                 if out.timeline is not None and out.timeline != timeline:
                     timeline = out.timeline
                     timeline_changed = True
+                erased_keys.extend(out.erased_keys)
+                if out.changed:
+                    forgotten = out.forgotten
             elif state is not None:
                 lags.extend(now - t["due_at"] for t in state.timers if t["due_at"] <= now)
                 out = fire_timers(state, self.ctx, now)
@@ -199,9 +208,54 @@ class CustomerProcessor:
             outputs.append(out)
         if state is None:
             return []
+        if forgotten:
+            # Tombstones (None): they delete her record at the commit, in a recovering
+            # worker's store, in `omni redis rebuild`'s view and, once the changelog is
+            # compacted, on the broker's disks. Her timers (deferred triggers) are gone
+            # with the record, so her due-index entry is cleared below.
+            writes = erased_keys
+            self.records.put(key, None, partition)
+            self.timelines.put(key, None, partition)
+        else:
+            writes = self._projected(
+                key,
+                partition,
+                state,
+                now,
+                outputs,
+                erased_keys,
+                timeline,
+                timeline_changed,
+                stored_timeline,
+            )
+        if due is not None:
+            due.update(key, next_due(state.timers))
+        for lag in lags:
+            self.metrics.timer_lag.observe(max(0.0, lag))
+        if lags:
+            self.metrics.timers_fired.inc(len(lags))
+        for out in outputs:
+            self._send(key, out)
+            _count(counts, out)
+        return writes
+
+    def _projected(
+        self,
+        key: bytes,
+        partition: int,
+        state: CustomerState,
+        now: float,
+        outputs: list[StepOutputs],
+        erased_keys: list[ReadModelWrite],
+        timeline: list[dict[str, Any]],
+        timeline_changed: bool,
+        stored_timeline: bytes | None,
+    ) -> list[ReadModelWrite]:
+        """Put the customer's record and timeline; her read-model writes."""
         # Duplicates re-project too: after a crash, replayed events are duplicates and
         # this is what makes the read model converge (whole values, idempotent).
-        writes = project(state, now)
+        # An erased customer's keys go first: the new customer's values (later) win.
+        writes = [*erased_keys, *project(state, now)]
         encoded_timeline = orjson.dumps(timeline) if timeline_changed else stored_timeline
         if timeline:
             writes.append(timeline_write(state.customer_id, timeline, encoded_timeline))
@@ -213,15 +267,6 @@ class CustomerProcessor:
             self.records.put(key, encoded, partition)
             if timeline_changed:
                 self.timelines.put(key, encoded_timeline, partition)
-        if due is not None:
-            due.update(key, next_due(state.timers))
-        for lag in lags:
-            self.metrics.timer_lag.observe(max(0.0, lag))
-        if lags:
-            self.metrics.timers_fired.inc(len(lags))
-        for out in outputs:
-            self._send(key, out)
-            _count(counts, out)
         return writes
 
     def _failed(

@@ -171,6 +171,25 @@ class Settings(BaseSettings):
         description="min.compaction.lag.ms of the state changelogs: recovery skips records of "
         "uncommitted checkpoints, so the value before one must outlive compaction",
     )
+    # --- Erasure and retention (README "Erasure and retention") ---
+    changelog_max_compaction_lag_seconds: float = Field(
+        7 * 86_400.0,
+        gt=0,
+        description="max.compaction.lag.ms of the state changelogs: an erased customer's "
+        "values are compacted away (physically gone) at most this long after her tombstone",
+    )
+    changelog_delete_retention_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="delete.retention.ms of the state changelogs: how long a tombstone stays "
+        "after compaction, for readers (a recovering worker, a rebuild) to see the deletion",
+    )
+    deadletter_retention_hours: float = Field(
+        72.0,
+        gt=0,
+        description="retention.ms of touchpoint.deadletter (raw input), set when the worker "
+        "creates or checks the topics",
+    )
     producer_linger_ms: int = Field(5, ge=0, description="Producer batching delay")
     log_level: str = "info"
 
@@ -285,6 +304,19 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @model_validator(mode="after")
+    def _compaction_lags_are_ordered(self) -> Settings:
+        # The broker refuses a changelog whose min.compaction.lag.ms exceeds its max.
+        if self.changelog_max_compaction_lag_seconds < self.changelog_min_compaction_lag_seconds:
+            raise ValueError(
+                "OMNI_CHANGELOG_MAX_COMPACTION_LAG_SECONDS "
+                f"({self.changelog_max_compaction_lag_seconds:g}) is below "
+                "OMNI_CHANGELOG_MIN_COMPACTION_LAG_SECONDS "
+                f"({self.changelog_min_compaction_lag_seconds:g}); Kafka refuses such a "
+                "changelog: raise the max or lower the min"
+            )
+        return self
+
     @field_validator("topic_namespace")
     @classmethod
     def _namespace_is_a_prefix(cls, value: str) -> str:
@@ -334,6 +366,11 @@ class Settings(BaseSettings):
     @property
     def decision_topic(self) -> str:
         return f"{self.topic_namespace}decision.log"
+
+    def topic_configs(self) -> dict[str, dict[str, str]]:
+        """Broker configs of contract topics that differ from the broker's defaults."""
+        retention_ms = int(self.deadletter_retention_hours * 3_600_000)
+        return {self.deadletter_topic: {"retention.ms": str(retention_ms)}}
 
     def contract_topics(self) -> list[str]:
         """Every topic the contract names; all get ``partitions`` partitions."""

@@ -1,15 +1,45 @@
-"""Create the contract topics, all with the same partition count (idempotent)."""
+"""Create the contract topics, all with the same partition count (idempotent), and keep
+the retention settings of the topics that hold personal data where the settings say."""
 
 from __future__ import annotations
 
 import logging
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from processors.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+#: The worker's tables; each has a changelog topic ``<app id>-<table>-changelog`` (Faust).
+STATE_TABLES: tuple[str, ...] = ("customers", "timelines", "stats")
+
+
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Broker configs of every state changelog (Faust creates them with these).
+
+    ``min.compaction.lag.ms``: recovery skips records of uncommitted checkpoints, so the
+    value before one must outlive compaction. ``max.compaction.lag.ms``: an erased
+    customer's old values are compacted away (the active segment rolled) within this lag
+    of her tombstone. ``delete.retention.ms``: the tombstone itself stays this long after.
+    """
+    return {
+        "min.compaction.lag.ms": str(int(settings.changelog_min_compaction_lag_seconds * 1000)),
+        "max.compaction.lag.ms": str(int(settings.changelog_max_compaction_lag_seconds * 1000)),
+        "delete.retention.ms": str(int(settings.changelog_delete_retention_seconds * 1000)),
+    }
+
+
+def changelog_topic_names(settings: Settings) -> list[str]:
+    return [f"{settings.app_id}-{table}-changelog" for table in STATE_TABLES]
 
 
 class TopicLayoutError(RuntimeError):
@@ -37,11 +67,25 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             f"{settings.partitions}. All contract topics must have the same count: set "
             "OMNI_PARTITIONS to match the cluster, or recreate the topics."
         )
+    configs = settings.topic_configs()
+    # Topics made before a setting changed (or by an older worker) get it too; Faust
+    # never alters a changelog it created.
+    present = {name: configs[name] for name in configs if name in existing}
+    present.update({name: changelog_configs(settings) for name in changelog_topic_names(settings)})
+    align_topic_configs(admin, {n: c for n, c in present.items() if n in existing}, timeout)
     missing = [name for name in wanted if name not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(name, settings.partitions, settings.replication_factor) for name in missing],
+        [
+            NewTopic(
+                name,
+                settings.partitions,
+                settings.replication_factor,
+                config=configs.get(name, {}),
+            )
+            for name in missing
+        ],
         operation_timeout=timeout,
     )
     created = []
@@ -55,3 +99,41 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 raise
     log.info("Created topics: %s", ", ".join(created))
     return created
+
+
+def align_topic_configs(
+    admin: AdminClient, wanted: dict[str, dict[str, str]], timeout: float = 30.0
+) -> list[str]:
+    """Set the configs in ``wanted`` (topic -> name -> value) where a topic differs;
+    returns the topics changed. Other configs of those topics are left as they are."""
+    if not wanted:
+        return []
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResource.Type.TOPIC, name) for name in wanted],
+        request_timeout=timeout,
+    )
+    changes = []
+    for resource, future in described.items():
+        current = future.result()
+        differs = {
+            key: value
+            for key, value in wanted[resource.name].items()
+            if key not in current or current[key].value != value
+        }
+        if differs:
+            entries = [
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in differs.items()
+            ]
+            changes.append(
+                ConfigResource(
+                    ConfigResource.Type.TOPIC, resource.name, incremental_configs=entries
+                )
+            )
+    if not changes:
+        return []
+    for future in admin.incremental_alter_configs(changes, request_timeout=timeout).values():
+        future.result()
+    changed = sorted(resource.name for resource in changes)
+    log.info("Aligned topic configs (retention, compaction) of: %s", ", ".join(changed))
+    return changed

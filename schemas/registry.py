@@ -145,6 +145,8 @@ EVENT_TYPES: dict[str, EventType] = {
     "appointment.booked": EventType("appointment_booked", ("mobile", "web")),
     "kiosk.checked_in": EventType("kiosk_checked_in", ("kiosk",)),
     "diagnosis.ready": EventType("diagnosis_ready", ("crm",)),
+    # Forgetting a customer (README "Erasure and retention"): the CRM asks, nobody else.
+    "privacy.erasure_requested": EventType("privacy_erasure_requested", ("crm",)),
 }
 
 KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(EVENT_TYPES)

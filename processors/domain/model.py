@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from processors.domain.read_model import ReadModelWrite
 
 # Outcomes on decision.log.
 EMITTED = "emitted"
@@ -17,6 +20,8 @@ SUPPRESSED = "suppressed"
 DEFERRED = "deferred"
 #: A deferred trigger sent at its release time (an emission, for the decision log).
 RELEASED = "released"
+#: The customer was forgotten (privacy.erasure_requested; decision 1-0-2).
+ERASED = "erased"
 
 # Message classes: service messages bypass the marketing contact policy.
 MARKETING = "marketing"
@@ -240,6 +245,8 @@ class Decision:
     message_class: str | None = None
     channel: str | None = None
     release_at: float | None = None
+    #: An erasure's request id (decision 1-0-2), so the CRM can show the request done.
+    request_id: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         optional = {
@@ -247,6 +254,7 @@ class Decision:
             "message_class": self.message_class,
             "channel": self.channel,
             "release_at": None if self.release_at is None else format_time(self.release_at),
+            "request_id": self.request_id,
         }
         return {
             **{name: value for name, value in optional.items() if value is not None},
@@ -297,3 +305,9 @@ class StepOutputs:
     #: Events whose ``occurred_at`` was outside 2000-01-01 .. now + max_future_skew and
     #: was clamped (they bypassed the validator's bounds, e.g. forwarded before them).
     times_clamped: int = 0
+    #: Read-model keys of the customer as she was before a ``privacy.erasure_requested``
+    #: in this step, all deletes (``processors.domain.erasure``); empty without one.
+    erased_keys: list[ReadModelWrite] = field(default_factory=list)
+    #: True when the step ends with the customer forgotten (an erasure and no event
+    #: after it): her record and timeline are deleted (tombstones), not written.
+    forgotten: bool = False

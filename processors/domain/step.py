@@ -9,7 +9,9 @@ the state *before* the event (:mod:`~processors.domain.views`); decide every mat
 the contact policy of :mod:`~processors.domain.contact`); record a decision per
 match and emit, defer or suppress, or start a timer rule's timer
 (:mod:`~processors.domain.rule_timers`); then fold the event into state
-(:mod:`~processors.domain.fold`). :func:`fire_timers` does the same for timers that
+(:mod:`~processors.domain.fold`). A ``privacy.erasure_requested`` forgets the customer
+(:mod:`~processors.domain.erasure`): the events after it start from an empty record.
+:func:`fire_timers` does the same for timers that
 came due (deferred triggers, timer rules, "ignored" checks).
 """
 
@@ -23,6 +25,7 @@ from processors.domain import contact as cp
 from processors.domain import timers as tm
 from processors.domain.caps import apply_count_caps, enforce_caps
 from processors.domain.decide import decide, release_deferred
+from processors.domain.erasure import ERASURE_EVENT, erase
 from processors.domain.fold import (
     apply_event,
     forget_expired_offers,
@@ -89,10 +92,17 @@ def step(
             # Only events that bypassed the validator's bounds (forwarded before them).
             event = replace(event, occurred_at=min(max(event.occurred_at, EARLIEST_TIME), latest))
             out.times_clamped += 1
+        if event.type == ERASURE_EVENT:
+            # Not remembered: the dedup ring goes with everything else. A repeat of the
+            # request (a producer's retry) erases again: only what came between is lost.
+            state = erase(state, event, ctx, now, out)
+            contact = cp.ContactState()
+            continue
         if not remember(state, event.event_id, today, ctx.policy, out):
             out.duplicates += 1
             continue
         out.changed = True
+        out.forgotten = False  # an event after an erasure starts a new customer
         # Before the response pops the offer it may answer: that offer is the authority.
         refusal = grant_refusal(state, event, ctx.policy)
         if refusal is None:
@@ -119,7 +129,7 @@ def step(
     prune_expired(state, now)
     forget_expired_offers(state, now)
     forget_old_coupons(state, now)
-    if out.changed:
+    if out.changed and not out.forgotten:
         out.state_encoded = enforce_caps(
             state, now, ctx.policy.max_state_bytes, out.state_items_dropped
         )

@@ -1,4 +1,4 @@
-"""``omni``: publish events, read dead letters, rebuild the Redis read model."""
+"""``omni``: publish events, read dead letters, rebuild the Redis read model, erase."""
 
 from __future__ import annotations
 
@@ -140,6 +140,36 @@ def stats() -> None:
     console = Console()
     console.width = max(console.width, 150)
     console.print(table)
+
+
+@app.command()
+def erase(
+    customer_id: Annotated[str, typer.Argument(help="The customer to forget (the message key)")],
+    request_id: Annotated[
+        str | None,
+        typer.Option(help="The CRM's id of the erasure request; a new UUID when not given"),
+    ] = None,
+) -> None:
+    """Forget a customer: publish privacy.erasure_requested for her on touchpoint.crm."""
+    import uuid
+
+    from processors.tools.erase import request_erasure
+    from producers.sdk import EventRejected
+
+    request = request_id if request_id is not None else str(uuid.uuid4())
+    try:
+        event = request_erasure(Settings(), customer_id, request)
+    except EventRejected as rejected:
+        for error in rejected.errors:
+            console.print(f"[red]{rejected.reason}: {error}")
+        raise typer.Exit(2) from None
+    except RuntimeError as failed:
+        console.print(f"[red]{failed}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"erasure requested: request_id {request}, event_id {event['event_id']}; the worker "
+        "logs a decision with outcome erased on decision.log when it is done"
+    )
 
 
 @redis_app.command("rebuild")

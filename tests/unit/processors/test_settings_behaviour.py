@@ -25,6 +25,7 @@ from faust.types import TP
 
 import processors.output as output_module
 import tests.unit.processors.test_agents as agent_tests
+import tests.unit.processors.test_erasure as erasure_tests
 import tests.unit.processors.test_ingest as ingest_tests
 import tests.unit.processors.test_settings as settings_tests
 from processors.app import OmniApp, contact_policy, step_context
@@ -146,6 +147,25 @@ def test_changelog_min_compaction_lag_seconds_configures_the_changelog_topics(
         for name in ("customers", "timelines", "stats"):
             config = app.tables[name].changelog_topic.config or {}
             assert config["min.compaction.lag.ms"] == 90_500
+
+
+def test_changelog_erasure_settings_configure_compaction_of_the_changelog_topics(
+    tmp_path: Path,
+) -> None:
+    with built_app(
+        tmp_path,
+        changelog_min_compaction_lag_seconds=600.0,
+        changelog_max_compaction_lag_seconds=3600.5,
+        changelog_delete_retention_seconds=60.25,
+    ) as app:
+        for name in ("customers", "timelines", "stats"):
+            config = app.tables[name].changelog_topic.config or {}
+            assert config["max.compaction.lag.ms"] == 3_600_500
+            assert config["delete.retention.ms"] == 60_250
+    with built_app(tmp_path / "default") as app:
+        config = app.tables["customers"].changelog_topic.config or {}
+        assert config["max.compaction.lag.ms"] == 7 * 86_400_000
+        assert config["delete.retention.ms"] == 86_400_000
 
 
 def test_rules_dir_is_where_the_rule_set_comes_from(tmp_path: Path) -> None:
@@ -626,6 +646,15 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "max_pending_events": test_max_pending_events_is_where_consumption_pauses,
     "changelog_min_compaction_lag_seconds": (
         test_changelog_min_compaction_lag_seconds_configures_the_changelog_topics
+    ),
+    "changelog_max_compaction_lag_seconds": (
+        test_changelog_erasure_settings_configure_compaction_of_the_changelog_topics
+    ),
+    "changelog_delete_retention_seconds": (
+        test_changelog_erasure_settings_configure_compaction_of_the_changelog_topics
+    ),
+    "deadletter_retention_hours": (
+        erasure_tests.test_deadletter_retention_hours_is_the_retention_of_the_deadletter_topic
     ),
     "producer_linger_ms": test_producer_linger_ms_reaches_both_producers,
     "rules_dir": test_rules_dir_is_where_the_rule_set_comes_from,

@@ -8,7 +8,7 @@
 #
 # docker-compose.yml runs both. Settings are OMNI_* environment variables
 # (README "Settings"). The image holds no secrets: the worker refuses to start
-# without OMNI_ACTION_TOKEN_KEY (add -e OMNI_ACTION_TOKEN_KEY=... to `docker run`),
+# without OMNI_ACTION_TOKEN_KEY (pass it with `docker run -e`, as above),
 # and passwords come from the environment too (README "Security and privacy").
 FROM python:3.11-slim-bookworm
 

@@ -2,11 +2,14 @@
 #
 #   docker build -t omni-pipeline/worker:local .
 #   docker run --rm -e OMNI_KAFKA_BOOTSTRAP=broker:9092 -e OMNI_REDIS_URL=redis://redis:6379/0 \
+#       -e OMNI_ACTION_TOKEN_KEY="$OMNI_ACTION_TOKEN_KEY" \
 #       -p 6066:6066 -p 9108:9108 -v omni-data:/data omni-pipeline/worker:local         # worker
 #   docker run --rm -e OMNI_KAFKA_BOOTSTRAP=broker:9092 omni-pipeline/worker:local topics  # topics
 #
 # docker-compose.yml runs both. Settings are OMNI_* environment variables
-# (README "Settings").
+# (README "Settings"). The image holds no secrets: the worker refuses to start
+# without OMNI_ACTION_TOKEN_KEY (pass it with `docker run -e`, as above),
+# and passwords come from the environment too (README "Security and privacy").
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

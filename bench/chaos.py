@@ -74,6 +74,7 @@ from devstack.ports import free_port
 from devstack.redis import LocalRedis
 from processors.settings import TRIGGER_CHANNELS, Settings
 from processors.topics import ensure_topics
+from producers.actions import new_action_token_key
 
 log = logging.getLogger("bench.chaos")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -130,6 +131,9 @@ def chaos_settings(
         data_dir=str(data_dir),
         web_port=free_port(),
         metrics_port=free_port(),
+        # The worker refuses to run without a secret key; each run gets its own (both
+        # workers of a run share it: second_worker copies these settings).
+        action_token_key=new_action_token_key(),
         # Nothing goes stale within a run; no quiet hours (nothing deferred to tonight);
         # journey delays short (the mix has no timer rules; poison that gets in might).
         max_event_age_seconds=86_400.0,
@@ -423,7 +427,13 @@ def run_chaos(
         "settings": {
             k: v
             for k, v in settings.model_dump(mode="json").items()
-            if k not in ("redis_url", "action_token_key", "kafka_sasl_password")
+            if k
+            not in (
+                "redis_url",
+                "action_token_key",
+                "action_token_previous_keys",
+                "kafka_sasl_password",
+            )
         },
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "code": code_version(),

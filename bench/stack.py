@@ -28,6 +28,7 @@ from devstack.ports import free_port
 from devstack.redis import LocalRedis
 from processors.settings import Settings
 from processors.topics import ensure_topics
+from producers.actions import new_action_token_key
 
 __all__ = ["KAFKA_VERSION", "BenchStack", "bench_stack", "terminate_as_interrupt"]
 
@@ -70,6 +71,8 @@ class BenchStack:
             "data_dir": str(self.workdir / tag / "worker"),
             "web_port": free_port(),
             "metrics_port": free_port(),
+            # The worker refuses to run without a secret key; each run gets its own.
+            "action_token_key": new_action_token_key(),
             **overrides,
         }
         return Settings(**values)

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from pydantic import SecretStr
 
 from bench.workload import generate
 from processors.app import step_context
@@ -39,6 +40,7 @@ from processors.domain.read_model import project, timeline_write
 from processors.domain.step import StepContext, step
 from processors.rulebook import load_ruleset
 from processors.settings import Settings
+from producers.actions import new_action_token_key
 from schemas import EventValidator, Rejection
 
 Message = tuple[str, bytes, bytes]
@@ -112,7 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=35, help="functions in the cProfile list")
     args = parser.parse_args(argv)
 
+    # The step signs action tokens: a throwaway key unless the environment has one.
     settings = Settings()
+    if settings.action_token_key is None:
+        settings = settings.model_copy(
+            update={"action_token_key": SecretStr(new_action_token_key())}
+        )
     ctx = step_context(settings, load_ruleset(Path(settings.rules_dir), settings.rule_delays()))
     workload = generate(args.events, args.customers or max(1, args.events // 10))
     messages = workload.messages

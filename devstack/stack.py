@@ -5,6 +5,7 @@ State lives in ``<repo>/.omni/stack`` (gitignored)::
     kafka.pid   kafka/{server.properties,data/,kafka.log}
     redis.pid   redis/redis.log     redis.reused  (a Redis we found, never stop)
     worker.pid  worker.log
+    action-token.key  (the stack's random OMNI_ACTION_TOKEN_KEY unless one is set; 0600)
     .lock       (serialises concurrent up/down)
 
 A pidfile records pid + kernel start time, so a recycled pid is never
@@ -94,6 +95,10 @@ class StackPaths:
     @property
     def worker_log(self) -> Path:
         return self.root / "worker.log"
+
+    @property
+    def action_token_key(self) -> Path:
+        return self.root / "action-token.key"
 
     @property
     def lock(self) -> Path:
@@ -421,6 +426,35 @@ def _readyz_ok(url: str) -> bool:
         return False
 
 
+def stack_action_token_key(paths: StackPaths) -> str:
+    """This stack's action-token key: made once (random, owner-only file), then reused, so
+    tokens on triggers still verify after the worker restarts; ``down --wipe`` drops it."""
+    from producers.actions import new_action_token_key
+
+    path = paths.action_token_key
+    try:
+        key = path.read_text().strip()
+    except FileNotFoundError:
+        key = ""
+    if not key:
+        paths.root.mkdir(parents=True, exist_ok=True)
+        key = new_action_token_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key + "\n")
+    return key
+
+
+def worker_env(settings: Settings, paths: StackPaths) -> dict[str, str]:
+    """The worker's environment: ours, plus the stack's own action-token key when neither
+    the environment nor .env sets OMNI_ACTION_TOKEN_KEY (the worker refuses to run without
+    one; a key set there, good or weak, is the operator's and is left to the worker)."""
+    env = dict(os.environ)
+    if settings.action_token_key is None:
+        env["OMNI_ACTION_TOKEN_KEY"] = stack_action_token_key(paths)
+    return env
+
+
 def up_worker(
     settings: Settings,
     paths: StackPaths,
@@ -449,9 +483,8 @@ def up_worker(
             log.write(f"\n=== devstack up {time.strftime('%F %T')}: {worker_cmd}\n".encode())
         # Errors shown below come from this run only, not from older ones in the log.
         log_start = paths.worker_log.stat().st_size
-        proc = spawn_detached(
-            argv, paths.worker_log, cwd=REPO_ROOT, env={**os.environ, **(env or {})}
-        )
+        worker_environment = {**worker_env(settings, paths), **(env or {})}
+        proc = spawn_detached(argv, paths.worker_log, cwd=REPO_ROOT, env=worker_environment)
         pid = proc.pid
         write_pidfile(paths.worker_pid, pid)
         state = "started"
@@ -522,6 +555,10 @@ def up(
 
 def _wipe(paths: StackPaths, say: Say) -> None:
     targets = [paths.kafka_dir, paths.redis_dir]
+    # Triggers go with the Kafka data, so their tokens' key can go too.
+    if paths.action_token_key.exists():
+        paths.action_token_key.unlink()
+        say(line("wiped", "", str(paths.action_token_key)))
     with contextlib.suppress(Exception):
         data_dir = Path(_load_settings().data_dir)
         data_dir = (REPO_ROOT / data_dir).resolve()

@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 
 from processors.settings import Settings
 from processors.topics import ensure_topics
+from producers.actions import WeakActionTokenKeyError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "settings":
         print(settings.model_dump_json(indent=2))  # secrets print as '**********'
         return 0
+    if args.command == "worker":
+        # Before anything connects: a worker must not sign tokens with a key others know.
+        try:
+            settings.action_token_keys()
+        except WeakActionTokenKeyError as weak:
+            print(f"python -m processors worker: refusing to start: {weak}", file=sys.stderr)
+            return 2
     created = ensure_topics(settings)
     if args.command == "topics":
         print(f"contract topics ready ({len(created)} created)")

@@ -94,12 +94,16 @@ def contact_policy(settings: Settings) -> ContactPolicy:
 
 
 def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
-    """What ``step`` needs, for one rule set (a reload builds a new one)."""
+    """What ``step`` needs, for one rule set (a reload builds a new one).
+
+    Raises ``WeakActionTokenKeyError`` when ``OMNI_ACTION_TOKEN_KEY`` (or a previous key)
+    is unset, public or too short: nothing signs action tokens with a key others may know.
+    """
     return StepContext(
         policy=Policy.from_settings(settings),
         contact=contact_policy(settings),
         ruleset=ruleset,
-        action_key=settings.action_token_key.get_secret_value().encode(),
+        action_key=settings.action_token_keys().current,
         timeline_length=settings.timeline_length,
         lead_points=dict(settings.lead_points),
         lead_threshold=settings.lead_threshold,
@@ -109,7 +113,9 @@ def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
 
 
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:
-    """The worker's app. A bad rule file raises ``RuleFileError`` naming it: fix and restart."""
+    """The worker's app. A bad rule file raises ``RuleFileError`` naming it, a missing or
+    weak ``OMNI_ACTION_TOKEN_KEY`` ``WeakActionTokenKeyError``: fix and restart."""
+    settings.action_token_keys()  # first: refuse before anything is built or connected
     check_versions()
     ruleset = load_ruleset(Path(settings.rules_dir), settings.rule_delays())
     app = OmniApp(

@@ -371,7 +371,15 @@ class CustomerProcessor:
                 metrics.suppressed(decision.trigger_type, decision.reasons[0]).inc()
         for rule, message in out.rule_errors:
             metrics.rule_errors(rule).inc()
-            log.warning("Rule %s failed on an event (treated as no match): %s", rule, message)
+            # The error's text may quote the customer's values: only its class at the
+            # default level (the rule and the class say what to fix), the text at debug.
+            log.warning(
+                "Rule %s failed on an event (treated as no match) with %s; fix the rule's "
+                "expression (OMNI_LOG_LEVEL=debug logs the error's text)",
+                rule,
+                message.split(":", 1)[0],
+            )
+            log.debug("Rule %s failed: %s", rule, message)
         if out.duplicates:
             metrics.duplicates.inc(out.duplicates)
         if out.dedup_early_evictions:

@@ -9,6 +9,7 @@ consumer flushes the producer before it commits the acked offsets
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,8 +72,17 @@ class Ingest:
                 )
                 self.metrics.ingested(channel, result["type"]).inc()
             except Exception as exc:  # one bad message must never stop the partition
-                log.exception(
-                    "Ingest failed for %s[%d]@%d", message.topic, message.partition, message.offset
+                # Where, the exception's class and the stack, not its text: that may quote
+                # the message (personal data); the dead letter below keeps the record.
+                log.error(
+                    "Ingest failed for %s[%d]@%d with %s; dead-lettered (processing_error), "
+                    "the partition goes on. A pipeline bug: report it with the dead letter. "
+                    "Stack:\n%s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    type(exc).__name__,
+                    "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
                 )
                 # The class and a short message only: an exception's text may quote data.
                 self._deadletter(

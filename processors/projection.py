@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -195,20 +196,31 @@ class ReadModelWriter:
     def _drop(self, refused: list[tuple[ReadModelWrite, ResponseError]]) -> None:
         for _, error in refused:
             self._metrics.read_model_writes_dropped(drop_reason(error)).inc()
-        # Keys and Redis's words only: never the value (it holds customer data).
-        shown = "; ".join(
-            f"{write.key}{'' if write.field is None else f' field {write.field}'}: {error}"
-            for write, error in refused[:5]
-        )
-        more = f" and {len(refused) - 5} more" if len(refused) > 5 else ""
+        # Kinds of key and Redis's words only: a key names a customer (personal data, kept
+        # out of logs at the default level) and a value holds customer data (never logged).
+        kinds = Counter(f"{key_kind(write.key)}: {error}" for write, error in refused)
         log.warning(
-            "Redis refused %d read-model write(s) for their key; dropped, not retried: %s%s. "
-            "Remove or fix what holds those keys (another writer? a wrong type?), then "
-            "`omni redis rebuild` rewrites them.",
+            "Redis refused %d read-model write(s) for their key; dropped, not retried: %s. "
+            "Remove or fix what holds those keys (an ACL that does not cover them? another "
+            "writer? a wrong type?), then `omni redis rebuild` rewrites them; "
+            "OMNI_LOG_LEVEL=debug logs the keys themselves.",
             len(refused),
-            shown,
-            more,
+            "; ".join(f"{count} x {kind}" for kind, count in kinds.most_common(5)),
         )
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "Refused read-model keys: %s",
+                "; ".join(
+                    f"{write.key}{'' if write.field is None else f' field {write.field}'}: {error}"
+                    for write, error in refused
+                ),
+            )
+
+
+def key_kind(key: str) -> str:
+    """``omni:profile:*`` for ``omni:profile:<customer id>``: what a key is, not whose."""
+    prefix, sep, _ = key.rpartition(":")
+    return f"{prefix}:*" if sep else "*"
 
 
 #: Refusals that say something about Redis (memory, replica role, loading, persistence,

@@ -22,6 +22,7 @@ from processors.domain.policy import DEFAULT_ENTITLEMENT_CHANNELS, DEFAULT_OVERD
 
 # The producer side's settings (the contract package) share these names, defaults and
 # topic naming; they are defined there so an SDK and the worker cannot disagree.
+from producers.actions import ActionTokenKeys
 from producers.config import (
     DEFAULT_KAFKA_BOOTSTRAP,
     DEFAULT_MAX_EVENT_BYTES,
@@ -198,9 +199,18 @@ class Settings(BaseSettings):
         str(DEFAULT_RULES_DIR),
         description="Folder of rule files (*.yaml); SIGHUP reloads it without a restart",
     )
-    action_token_key: SecretStr = Field(
-        SecretStr("dev-only-action-token-key-change-me"),
-        description="HMAC key signing one-tap action tokens; set a random secret in production",
+    # No default: a key in the code is a key anyone can read. The worker refuses to start
+    # without a good one (action_token_keys(), called where tokens are signed); tools that
+    # sign nothing (omni publish, deadletters, topics) run without it.
+    action_token_key: SecretStr | None = Field(
+        None,
+        description="HMAC key signing one-tap action tokens (required by the worker): a "
+        "random secret of at least 32 bytes, shared with the channel backends that verify",
+    )
+    action_token_previous_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys that were OMNI_ACTION_TOKEN_KEY before a rotation: "
+        "tokens they signed still verify until they expire",
     )
     timeline_length: int = Field(20, ge=1, le=200, description="Interactions kept per customer")
     frequency_cap_day: int = Field(3, ge=0, description="Marketing triggers per rolling 24 h")
@@ -389,6 +399,18 @@ class Settings(BaseSettings):
             self.kafka_bootstrap,
             self.kafka_sasl_username,
             None if password is None else password.get_secret_value(),
+        )
+
+    def action_token_keys(self) -> ActionTokenKeys:
+        """The key tokens are signed with and the previous ones still accepted.
+
+        Raises ``WeakActionTokenKeyError`` (a ``ValueError``) when a key is unset, a
+        published example or shorter than 32 bytes, saying how to generate one.
+        """
+        current, previous = self.action_token_key, self.action_token_previous_keys
+        return ActionTokenKeys.from_text(
+            None if current is None else current.get_secret_value(),
+            None if previous is None else previous.get_secret_value(),
         )
 
     def rule_delays(self) -> dict[str, float]:

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from devstack.ports import free_port
 from processors.settings import Settings
+from producers.actions import new_action_token_key
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,6 +44,8 @@ def make_settings(kafka: str, redis_url: str, data_dir: Path, **overrides: Any) 
         "quiet_hours_start": "00:00",
         "quiet_hours_end": "00:00",
         "timer_tick_seconds": 0.2,
+        # The worker refuses to start without a secret key: a random one per test's stack.
+        "action_token_key": new_action_token_key(),
         **overrides,
     }
     return Settings(**values)

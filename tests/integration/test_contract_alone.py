@@ -34,7 +34,7 @@ WORKER_ONLY = ("faust", "processors", "rocksdict", "pydantic_settings", "cel", "
 #: tokens and coupon claims import. Prints what the test checks.
 SDK_SCRIPT = """
 import json, sys, time
-from producers.actions import action_token, verify_action_token
+from producers.actions import ActionTokenKeys, action_token, verify_action_token
 from producers.config import ProducerSettings
 from producers.sdk import CouponClaims, EventRejected, TouchpointProducer
 from schemas import SAMPLES_ROOT, iter_schemas
@@ -49,8 +49,9 @@ with TouchpointProducer(ProducerSettings.from_env()) as producer:
     except EventRejected as rejected:
         out["rejected"] = rejected.reason
 out["delivered"] = producer.delivered
-token = action_token(b"k", "t1", "c1", "accept", time.time() + 60)
-out["token"] = verify_action_token(b"k", token, "t1", "c1", time.time())
+keys = ActionTokenKeys.from_env()  # the worker's OMNI_ACTION_TOKEN_KEY, as a backend reads it
+token = action_token(keys.current, "t1", "c1", "accept", time.time() + 60)
+out["token"] = verify_action_token(keys, token, "t1", "c1", time.time())
 out["claims"] = CouponClaims.__name__
 print(json.dumps(out))
 """
@@ -114,7 +115,13 @@ def test_the_worker_is_not_installed_with_the_contract(
 def test_the_contract_alone_validates_and_publishes(
     contract_python: Path, target: Settings, tmp_path: Path
 ) -> None:
-    env = clean_env(kafka_bootstrap=target.kafka_bootstrap, topic_namespace=target.topic_namespace)
+    key = target.action_token_key
+    assert key is not None
+    env = clean_env(
+        kafka_bootstrap=target.kafka_bootstrap,
+        topic_namespace=target.topic_namespace,
+        action_token_key=key.get_secret_value(),
+    )
     good = make_event("alone-1", "branch", "branch.visit", {"branch_id": "b1"})
     bad = make_event("alone-2", "web", "page.viewed", {"category": "no url"})
     done = run_in_venv(

@@ -475,3 +475,115 @@ def _seconds(duration: str) -> float:
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
     assert parts, f"not a compose duration: {duration!r}"
     return sum(float(value) * units[unit] for value, unit in parts)
+
+
+# --- no secrets in the files: they come from the environment or an .env --------------
+
+#: ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}``, ``${NAME:?message}``,
+#: ``${NAME?message}``.
+_INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+#: Names of variables that hold secrets, whatever the service.
+_SECRET_NAME = re.compile(r"PASSWORD|SECRET|CREDENTIAL|TOKEN|(^|_)KEYS?$|_KEY_|JAAS")
+
+
+class MissingVariable(Exception):
+    """What compose prints for ``${NAME:?message}`` when NAME is unset or empty."""
+
+
+def interpolate(value: str, environ: dict[str, str]) -> str:
+    """The value compose passes to the container, with compose's rules for ``${...}``."""
+
+    def one(found: re.Match[str]) -> str:
+        name, op, arg = found["name"], found["op"], found["arg"] or ""
+        present = environ.get(name)
+        if op in (":?", "?") and (present is None or (op == ":?" and not present)):
+            raise MissingVariable(f"{name}: {arg}")
+        if op in (":-", "-") and (present is None or (op == ":-" and not present)):
+            return arg
+        return present or ""
+
+    return _INTERPOLATION.sub(one, value)
+
+
+def secret_settings() -> set[str]:
+    """OMNI_* names of the settings typed as secrets (``SecretStr``)."""
+    return {
+        f"OMNI_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if "SecretStr" in str(field.annotation)
+    }
+
+
+def is_secret(name: str) -> bool:
+    return name in secret_settings() or bool(_SECRET_NAME.search(name))
+
+
+def test_compose_holds_no_secret_only_references_to_the_environment(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for service_name, service in services.items():
+        for name, value in env_of(service).items():
+            if "://" in value:
+                # A URL is an address; its password, if any, must come from the environment.
+                password = urlsplit(value).password
+                secret = None if password is None else password
+                assert secret is None or _INTERPOLATION.fullmatch(secret), (
+                    f"{service_name}: {name} carries a password in the file; write it as "
+                    "${NAME:?<what to set>} and let the operator set it (environment or .env)"
+                )
+            elif is_secret(name):
+                assert _INTERPOLATION.fullmatch(value), (
+                    f"{service_name}: {name} is a secret with a value in docker-compose.yml; "
+                    f"write ${{{name}:?<what to set and how>}} so it comes from the environment"
+                )
+            else:
+                continue
+            for found in _INTERPOLATION.finditer(value):
+                required = found["op"] in (":?", "?")
+                assert required or (found["op"] in (":-", "-") and not found["arg"]), (
+                    f"{service_name}: {name} has a default secret {found['arg']!r}; a default "
+                    "in a public file is no secret: require it with :? (or default to empty)"
+                )
+                if required:
+                    assert len(found["arg"].split()) >= 5, (
+                        f"{service_name}: {name}'s :? message must say what to set and how"
+                    )
+
+
+def test_compose_refuses_to_start_the_worker_without_an_action_token_key(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = env_of(services["worker"])
+    with pytest.raises(MissingVariable, match="OMNI_ACTION_TOKEN_KEY") as missing:
+        {name: interpolate(value, {}) for name, value in env.items()}
+    assert "32 bytes" in str(missing.value) and "secrets.token_urlsafe(32)" in str(missing.value)
+    with pytest.raises(MissingVariable):  # set but empty is missing too
+        interpolate(env["OMNI_ACTION_TOKEN_KEY"], {"OMNI_ACTION_TOKEN_KEY": ""})
+    key = "k" * 43
+    rendered = {
+        name: interpolate(value, {"OMNI_ACTION_TOKEN_KEY": key}) for name, value in env.items()
+    }
+    assert rendered["OMNI_ACTION_TOKEN_KEY"] == key
+    assert rendered["OMNI_ACTION_TOKEN_PREVIOUS_KEYS"] == ""
+    # What the worker then reads: the key it signs with, and no previous keys.
+    worker_env = {k: v for k, v in rendered.items() if k.startswith("OMNI_")}
+    settings = Settings.model_validate({k[5:].lower(): v for k, v in worker_env.items() if v != ""})
+    assert settings.action_token_keys().current == key.encode()
+
+
+def test_the_image_sets_no_secret() -> None:
+    for instruction, args in dockerfile_instructions():
+        if instruction not in ("ENV", "ARG"):
+            continue
+        for assignment in shlex.split(args):
+            name = assignment.split("=", 1)[0]
+            assert not is_secret(name), (
+                f"the Dockerfile's {instruction} sets {name}: an image is shared, a secret in "
+                "it is public; pass it at run time (-e, compose's environment)"
+            )
+
+
+def test_env_files_with_secrets_stay_out_of_git_and_the_image() -> None:
+    for ignore in (ROOT / ".gitignore", DOCKERIGNORE):
+        entries = {line.strip() for line in ignore.read_text().splitlines()}
+        assert ".env" in entries, f"{ignore.name} must list .env (the operator's secrets)"

@@ -19,7 +19,7 @@ from processors.domain.step import EMPTY_CONTACT, StepContext, step
 from processors.domain.views import state_context
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
-from producers.actions import action_token, actions_for, verify_action_token
+from producers.actions import action_key_id, action_token, actions_for, verify_action_token
 
 NOW = parse_time("2026-11-22T12:00:00Z")
 RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())
@@ -106,11 +106,14 @@ def test_timeline_write_takes_the_encoded_timeline() -> None:
     assert timeline_write("c1", timeline, orjson.dumps(timeline)) == timeline_write("c1", timeline)
 
 
-@pytest.mark.parametrize("key", [b"", b"k", b"x" * 100])
+@pytest.mark.parametrize("key", [b"x" * 32, b"y" * 100])
 def test_action_tokens_are_the_hmac_of_before(key: bytes) -> None:
-    message = b"t1|c1|accept|1790000000"
+    key_id = action_key_id(key)
+    message = f"{key_id}|t1|c1|accept|1790000000".encode()
     digest = hmac.new(key, message, sha256).digest()[:24]
     signature = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-    assert action_token(key, "t1", "c1", "accept", 1790000000.5) == f"1790000000.accept.{signature}"
+    assert action_token(key, "t1", "c1", "accept", 1790000000.5) == (
+        f"{key_id}.1790000000.accept.{signature}"
+    )
     for action in actions_for(key, "t1", "c1", 1790000000.0):
         assert verify_action_token(key, action["token"], "t1", "c1", 0.0) == action["kind"]

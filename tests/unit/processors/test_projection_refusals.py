@@ -94,7 +94,19 @@ def test_a_refused_mset_chunk_is_redone_key_by_key(caplog: pytest.LogCaptureFixt
     assert fake.pipelines == [["mset"], ["set", "set", "set", "set"]]
     assert sorted(fake.data) == ["omni:profile:c0", "omni:profile:c1", "omni:profile:c2"]
     assert dropped(metrics, "wrong_type") == 1
-    assert "omni:profile:bad" in caplog.text and "WRONGTYPE" in caplog.text
+    # What kind of key and why, never whose (the id is personal data) nor the value.
+    assert "1 x omni:profile:*: WRONGTYPE" in caplog.text
+    assert "omni:profile:bad" not in caplog.text and "secret-value" not in caplog.text
+
+
+def test_the_refused_keys_themselves_are_logged_only_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    writer, _, _ = writer_with({"omni:profile:bad": ResponseError(WRONGTYPE)})
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(writer._write([ReadModelWrite("omni:profile:bad", b"secret-value")]))
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("omni:profile:bad: WRONGTYPE" in message for message in debug)
     assert "secret-value" not in caplog.text
 
 

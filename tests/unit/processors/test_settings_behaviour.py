@@ -40,7 +40,12 @@ from processors.domain.step import StepContext, step
 from processors.rulebook import load_ruleset
 from processors.runtime import WorkerRuntime
 from processors.settings import DEFAULT_RULES_DIR, Settings
-from producers.actions import actions_for, verify_action_token
+from producers.actions import (
+    WeakActionTokenKeyError,
+    actions_for,
+    new_action_token_key,
+    verify_action_token,
+)
 from tests.unit.processors.doubles import unconnected_app
 from tests.unit.processors.fake_redis import FakeRedis
 
@@ -416,11 +421,33 @@ def test_max_state_bytes_is_the_size_a_record_is_trimmed_to() -> None:
 
 
 def test_action_token_key_signs_the_action_tokens() -> None:
-    default, custom = context(), context(action_token_key="another-secret")
-    [accept, *_] = actions_for(custom.action_key, "t1", "c1", NOW + DAY)
-    assert verify_action_token(custom.action_key, accept["token"], "t1", "c1", NOW) == "accept"
-    with pytest.raises(ValueError, match="signing key"):
-        verify_action_token(default.action_key, accept["token"], "t1", "c1", NOW)
+    one, other = new_action_token_key(), new_action_token_key()
+    first, second = context(action_token_key=one), context(action_token_key=other)
+    assert first.action_key == one.encode()
+    [accept, *_] = actions_for(first.action_key, "t1", "c1", NOW + DAY)
+    assert verify_action_token(one.encode(), accept["token"], "t1", "c1", NOW) == "accept"
+    with pytest.raises(ValueError, match="key id"):
+        verify_action_token(second.action_key, accept["token"], "t1", "c1", NOW)
+    # The worker builds nothing with a missing, public or short key.
+    for weak in (None, "dev-only-action-token-key-change-me", "x" * 31):
+        with pytest.raises(WeakActionTokenKeyError, match="OMNI_ACTION_TOKEN_KEY"):
+            context(action_token_key=weak)
+
+
+def test_action_token_previous_keys_still_verify_after_a_rotation() -> None:
+    old, new = new_action_token_key(), new_action_token_key()
+    [accept, *_] = actions_for(old.encode(), "t1", "c1", NOW + DAY)
+    rotated = Settings(action_token_key=new, action_token_previous_keys=f" {old} ,")
+    keys = rotated.action_token_keys()
+    assert keys.current == new.encode() and keys.previous == (old.encode(),)
+    assert verify_action_token(keys, accept["token"], "t1", "c1", NOW) == "accept"
+    with pytest.raises(ValueError, match="key id"):
+        verify_action_token(
+            Settings(action_token_key=new).action_token_keys(), accept["token"], "t1", "c1", NOW
+        )
+    # A previous key is a key too: a weak one stops the worker like a weak current one.
+    with pytest.raises(WeakActionTokenKeyError, match="OMNI_ACTION_TOKEN_PREVIOUS_KEYS"):
+        context(action_token_key=new, action_token_previous_keys=f"{old},short")
 
 
 def test_timeline_length_is_how_many_interactions_the_timeline_keeps() -> None:
@@ -659,6 +686,7 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "producer_linger_ms": test_producer_linger_ms_reaches_both_producers,
     "rules_dir": test_rules_dir_is_where_the_rule_set_comes_from,
     "action_token_key": test_action_token_key_signs_the_action_tokens,
+    "action_token_previous_keys": test_action_token_previous_keys_still_verify_after_a_rotation,
     "timeline_length": test_timeline_length_is_how_many_interactions_the_timeline_keeps,
     "frequency_cap_day": test_frequency_cap_day_is_the_marketing_sends_per_rolling_day,
     "frequency_cap_week": test_frequency_cap_week_is_the_marketing_sends_per_rolling_week,

@@ -16,7 +16,7 @@ from producers.actions import verify_action_token
 
 NOW = parse_time("2026-11-22T12:00:00Z")
 RULES = load_ruleset(DEFAULT_RULES_DIR, Settings().rule_delays())
-KEY = b"test-key"
+KEY = b"test-key-of-the-step-decisioning-tests-32+"
 AWAKE = StepContext(Policy(), ContactPolicy(quiet_start="00:00", quiet_end="00:00"), RULES, KEY)
 # Quiet 11:00-13:00 UTC: NOW (12:00) is inside.
 QUIET = StepContext(

@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 # health checks and the Redis writer keep running under a large backlog.
 DELIVERIES_PER_YIELD = 500
 
+#: Seconds a seek may wait for the consumer thread's loop (it takes microseconds there).
+SEEK_TIMEOUT = 10.0
+
 #: :meth:`BulkDeliveryConsumer.check_position` verdicts (any other value: seek there).
 DELIVER = -1
 DROP = -2
@@ -130,6 +133,24 @@ class BulkDeliveryConsumer(faust_aiokafka.Consumer):
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
         self._sought.add(partition)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        # Faust's _seek calls aiokafka's seek() from this (the event loop's) thread, but
+        # the aiokafka consumer lives on the consumer thread's loop and is not thread-safe:
+        # its fetcher deletes the partition's buffered records while the consumer thread
+        # may be between reading and deleting them in fetched_records(). A restarted
+        # worker's Fetcher crashed on that (KeyError in aiokafka's fetcher, exit code 1)
+        # when the second seek after an assignment (perform_seek) met its first fetch.
+        # So the seek runs on the consumer thread's loop, between two of its steps. This
+        # thread waits for it without yielding: as before, no other task of ours runs
+        # between asking for a seek and its effect (check_position relies on that; a
+        # seek that yielded here lost events in tests/integration/test_checkpoint.py).
+        thread = cast(faust_aiokafka.AIOKafkaConsumerThread, self._thread)
+
+        async def seek() -> None:
+            thread.seek(partition, offset)
+
+        asyncio.run_coroutine_threadsafe(seek(), thread.thread_loop).result(SEEK_TIMEOUT)
 
     def check_position(self, tp: TP, offset: int) -> int | None:
         """Whether a fetched record of an acked topic is the next one to deliver.

@@ -960,14 +960,21 @@ def markdown(result: dict[str, Any]) -> str:
     if t["lost"]:
         lines += [f"Lost trigger ids (first ones): {', '.join(t['lost_examples'][:5])}.", ""]
     if result["unexpected_stops"]:
-        lines += ["Worker stops not caused by the schedule:", ""]
+        lines += [
+            "Worker stops not caused by the schedule, each with the ERROR/CRITICAL lines and "
+            "tracebacks its start logged, then its last lines (chaos.json has all of it):",
+            "",
+        ]
         for stop in result["unexpected_stops"]:
-            tail = stop["log_tail"].strip().splitlines()[-3:]
-            lines.append(
+            lines += [
                 f"- {stop['worker']} at {stop['at']:.0f} s {stop['how']} "
-                f"(exit {stop['exit_code']}): " + " / ".join(x.strip()[:160] for x in tail)
-            )
-        lines.append("")
+                f"(exit {stop['exit_code']}):",
+                "",
+                "  ```",
+                *(f"  {x[:300]}" for x in stop_excerpt(stop["log_tail"])),
+                "  ```",
+                "",
+            ]
     lines += [
         "## How it is compared",
         "",
@@ -997,6 +1004,15 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def stop_excerpt(report: str, head: int = 60, tail: int = 15) -> list[str]:
+    """At most ``head + tail`` lines of an unexpected stop's log report: the first errors
+    (the cause) and the last lines (how it ended)."""
+    text = report.strip().splitlines()
+    if len(text) <= head + tail:
+        return text
+    return [*text[:head], f"[... {len(text) - head - tail} lines ...]", *text[-tail:]]
 
 
 def figures(result: dict[str, Any]) -> str:

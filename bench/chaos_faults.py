@@ -411,6 +411,8 @@ class UnexpectedStop:
     at: float
     how: str
     exit_code: int | None
+    #: That start's ERROR/CRITICAL lines and tracebacks, then its last lines
+    #: (:func:`incarnation_report`): the cause, not only Faust's "We experienced a crash!".
     log_tail: str
 
 
@@ -491,8 +493,10 @@ class FaultDriver:
                         self._unexpected(worker, "failed /livez twice (503)", None)
 
     def _unexpected(self, worker: ChaosWorker, how: str, code: int | None) -> None:
-        tail = _log_tail(worker.log_path)
+        tail = _log_tail(worker.log_path, worker.starts)
         self.unexpected.append(UnexpectedStop(worker.name, round(self.now(), 1), how, code, tail))
+        # The cause on the console too, not only in chaos.json: the log is appended to.
+        log.warning("%s start #%d %s; what it logged:\n%s", worker.name, worker.starts, how, tail)
         if worker is self.w1:
             self.note(f"{worker.name} {how} (code {code}); restarting it")
             self._start(worker, f"restart: {how}", wait=False)
@@ -720,12 +724,114 @@ class FaultDriver:
             self._stopped_processes.pop()()
 
 
-def _log_tail(path: Path, lines: int = 12) -> str:
+#: A start's section of a worker log (ChaosWorker.start writes the line).
+START_MARKER = "===== chaos: "
+#: Log lines kept whatever else is cut: Faust's and our ``[LEVEL]`` format, the
+#: ``LEVEL name:`` one of ``logging.basicConfig``, librdkafka's syslog levels 0-3.
+_SEVERE = ("[ERROR]", "[CRITICAL]", "[FATAL]")
+_SEVERE_PREFIXES = ("ERROR ", "CRITICAL ", "%0|", "%1|", "%2|", "%3|")
+
+
+def _incarnation(lines: list[str], start: int | None) -> list[str]:
+    """The lines of start ``start`` (None: the last start); all of them without markers."""
+    marks = [i for i, line in enumerate(lines) if line.startswith(START_MARKER)]
+    if not marks:
+        return lines
+    index = len(marks) - 1
+    if start is not None:
+        wanted = [i for i, at in enumerate(marks) if f" start #{start} at " in lines[at]]
+        index = wanted[-1] if wanted else index
+    end = marks[index + 1] if index + 1 < len(marks) else len(lines)
+    return lines[marks[index] : end]
+
+
+def _is_severe(line: str) -> bool:
+    return any(level in line for level in _SEVERE) or line.startswith(_SEVERE_PREFIXES)
+
+
+def _severe_and_tracebacks(lines: list[str]) -> tuple[list[int], list[int]]:
+    """Indices of every line of every Python traceback (with CRITICAL lines), and of
+    the other ERROR lines."""
+    tracebacks: list[int] = []
+    errors: list[int] = []
+    in_traceback = False
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+            tracebacks.append(i)
+        elif in_traceback:
+            tracebacks.append(i)
+            # Frames and source lines are indented; the chaining sentences and the blank
+            # lines around them belong to it; the first other line is the exception.
+            in_traceback = (
+                line.startswith((" ", "\t"))
+                or not line.strip()
+                or line.startswith(("During handling of", "The above exception"))
+            )
+        elif "[CRITICAL]" in line or line.startswith("CRITICAL "):
+            tracebacks.append(i)
+        elif _is_severe(line):
+            errors.append(i)
+    return tracebacks, errors
+
+
+def _render(header: list[str], body: list[str], picked: set[int], count: int) -> str:
+    out = list(header)
+    if count:
+        out.append(f"-- {count} lines of errors and tracebacks, then the last lines --")
+    previous = -1
+    for i in sorted(picked):
+        if i > previous + 1:
+            out.append(f"[... {i - previous - 1} lines ...]")
+        out.append(body[i])
+        previous = i
+    return "\n".join(out)
+
+
+def incarnation_report(
+    path: Path, start: int | None = None, tail_lines: int = 12, max_chars: int = 12_000
+) -> str:
+    """What one start of a worker logged that tells why it stopped, bounded in size.
+
+    Every ERROR/CRITICAL line and every Python traceback of that start (its section
+    of the log, from its ``===== chaos: ... start #N`` line), then its last
+    ``tail_lines`` lines. Faust's last words ("We experienced a crash! Reraising
+    original exception...") come long after the exception that caused them, so the
+    last lines alone never said why. Over ``max_chars`` (a start that lost its broker
+    logs thousands of connection errors), the plain ERROR lines are thinned from the
+    middle first (the first ones are the cause), then the whole text is.
+    """
     try:
-        text = path.read_text(errors="replace").splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    return "\n".join(text[-lines:])
+    section = _incarnation(lines, start)
+    header = section[:1] if section and section[0].startswith(START_MARKER) else []
+    body = section[len(header) :]
+    while body and not body[-1].strip():  # the blank line before the next start's marker
+        body.pop()
+    tracebacks, errors = _severe_and_tracebacks(body)
+    count = len(tracebacks) + len(errors)
+    always = set(tracebacks) | set(range(max(0, len(body) - tail_lines), len(body)))
+    keep = len(errors)
+    while True:
+        thinned = errors if keep >= len(errors) else errors[: keep - keep // 3]
+        if keep < len(errors) and keep // 3:
+            thinned = thinned + errors[-(keep // 3) :]
+        text = _render(header, body, always | set(thinned), count)
+        if len(text) <= max_chars or keep == 0:
+            break
+        keep = min(keep, len(errors)) // 2
+    if len(text) <= max_chars:
+        return text
+    head = text[: max_chars * 2 // 3]
+    rest = text[-(max_chars - len(head)) :]
+    return f"{head}\n[... {len(text) - len(head) - len(rest)} characters cut ...]\n{rest}"
+
+
+def _log_tail(path: Path, start: int | None = None) -> str:
+    """The log of the start that stopped, as :class:`UnexpectedStop` keeps it."""
+    return incarnation_report(path, start)
 
 
 def fault_summary(measured: Sequence[Measured]) -> dict[str, dict[str, Any]]:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from faust.types.transports import TransportT
     from rocksdict import Rdict
 
+#: Seconds a seek may wait for the consumer thread's loop (it takes microseconds there).
+SEEK_TIMEOUT = 10.0
+
 #: Distribution -> the exact version the names below were checked against.
 PINNED: Final[Mapping[str, str]] = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
 
@@ -58,6 +61,7 @@ INTERNALS: Final[tuple[Internal, ...]] = (
     Internal(_CONSUMER, "_commit_offsets", "every commit passes the checkpoint first"),
     Internal(_CONSUMER, "_new_offset", "its head check commits past one unacked offset"),
     Internal(_CONSUMER, "_new_consumer_thread", "the thread that commits with metadata"),
+    Internal(_CONSUMER, "_seek", "Faust seeks aiokafka from the wrong thread"),
     Internal(_THREAD, "_commit", "commits carry the checkpoint's metadata"),
     Internal("faust.tables.Table", "_new_store_by_url", "tables on the checkpointed store"),
     Internal("faust.App", "_new_transport", "the transport with the bulk consumer"),
@@ -70,6 +74,8 @@ INTERNALS: Final[tuple[Internal, ...]] = (
     Internal(_CONSUMER, "_n_acked", "acks since the last commit"),
     Internal(_CONSUMER, "_stopped", "the fetch loop ends when consumer or fetcher stop"),
     Internal(_THREAD, "_ensure_consumer", "the aiokafka consumer to commit through"),
+    Internal(_CONSUMER, "_thread", "the consumer thread that owns the aiokafka consumer"),
+    Internal(_THREAD, "thread_loop", "the loop aiokafka's consumer runs on"),
     Internal("faust.transport.conductor.Conductor", "_tp_index", "a partition's streams"),
     Internal(
         "faust.transport.conductor.Conductor",
@@ -163,6 +169,24 @@ class FaustConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return self.consumer_thread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        # Faust's _seek calls aiokafka's seek() from this (the event loop's) thread, but
+        # the aiokafka consumer lives on the consumer thread's loop and is not thread-safe:
+        # its fetcher deletes the partition's buffered records while the consumer thread
+        # may be between reading and deleting them in fetched_records(). A restarted
+        # worker's Fetcher crashed on that (KeyError in aiokafka's fetcher, exit code 1)
+        # when a second seek after an assignment met its first fetch. So the seek runs on
+        # the consumer thread's loop, between two of its steps, and this thread waits for
+        # it without yielding: as before, no other task runs between asking for a seek
+        # and its effect (BulkDeliveryConsumer.check_position relies on that; a seek that
+        # yielded here lost events in tests/integration/test_checkpoint.py).
+        thread = cast(faust_aiokafka.AIOKafkaConsumerThread, self._thread)
+
+        async def seek() -> None:
+            thread.seek(partition, offset)
+
+        asyncio.run_coroutine_threadsafe(seek(), thread.thread_loop).result(SEEK_TIMEOUT)
 
     # Bookkeeping (mutable: the bulk fetch loop keeps it as Faust's loop would).
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from bench import chaos_oracle as oc
+from bench.chaos import stop_excerpt
 from bench.chaos_faults import (
     FAULT_KINDS,
     FULL,
@@ -20,6 +21,7 @@ from bench.chaos_faults import (
     SHORT,
     WORKER_KILL,
     OffsetSample,
+    incarnation_report,
     plan_faults,
     recovered,
 )
@@ -383,3 +385,104 @@ def test_offsets_pending_lag_and_recovery() -> None:
     later = OffsetSample(1.0, {("a", 0): 6, ("a", 2): -1}, {})
     assert not recovered(sample.pending(), later)
     assert recovered(sample.pending(), OffsetSample(2.0, {("a", 0): 6, ("a", 2): 1}, {}))
+
+
+# --- what an unexpected stop reports -----------------------------------------------------------
+
+
+def _info(n: int, pid: int = 1) -> list[str]:
+    return [f"[2026-12-02 16:24:20,000] [{pid}] [INFO] [^--Fetcher]: line {i}" for i in range(n)]
+
+
+CRASHED_START = [
+    "===== chaos: worker-1 start #2 at 1796229394.06",
+    *_info(50),
+    "[2026-12-02 16:24:20,100] [1] [ERROR] [^---CheckpointConsumerThread]: Crashed reason=X",
+    "Traceback (most recent call last):",
+    '  File "/x/aiokafka/consumer/group_coordinator.py", line 1133, in _do_commit_offsets',
+    "    raise first_error",
+    "aiokafka.errors.FencedInstanceIdError: [Error 82] FencedInstanceIdError",
+    *_info(300),
+    "Traceback (most recent call last):",
+    '  File "/x/asyncio/base_events.py", line 519, in _check_closed',
+    "    raise RuntimeError('Event loop is closed')",
+    "",
+    "During handling of the above exception, another exception occurred:",
+    "",
+    "Traceback (most recent call last):",
+    '  File "/x/mode/threads.py", line 202, in crash',
+    "RuntimeError: Event loop is closed",
+    *_info(20),
+    "[2026-12-02 16:24:25,552] [1] [INFO] [^Worker]: Closing event loop",
+    "[2026-12-02 16:24:25,553] [1] [CRITICAL] [^Worker]: We experienced a crash! Reraising...",
+]
+
+
+def _worker_log(tmp_path: Path) -> Path:
+    log = tmp_path / "worker-1.log"
+    lines = [
+        "",
+        "===== chaos: worker-1 start #1 at 1796229386.53",
+        *_info(30),
+        "[2026-12-02 16:20:00,000] [0] [ERROR] an error of the first start",
+        "",
+        *CRASHED_START,
+        "",
+        "===== chaos: worker-1 start #3 at 1796229399.11",
+        *_info(10, pid=3),
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    return log
+
+
+def test_stop_report_has_the_starts_errors_and_tracebacks_not_just_its_tail(
+    tmp_path: Path,
+) -> None:
+    report = incarnation_report(_worker_log(tmp_path), start=2, tail_lines=3)
+    lines = report.splitlines()
+    assert lines[0] == "===== chaos: worker-1 start #2 at 1796229394.06"
+    # The cause, 300 lines before the end, with its whole traceback.
+    at = lines.index("Traceback (most recent call last):")
+    assert lines[at - 1].endswith("Crashed reason=X")
+    assert lines[at + 3] == (
+        "aiokafka.errors.FencedInstanceIdError: [Error 82] FencedInstanceIdError"
+    )
+    # The chained traceback of the shutdown is one block, up to its exception.
+    assert "During handling of the above exception, another exception occurred:" in lines
+    assert "RuntimeError: Event loop is closed" in lines
+    assert lines[-1].endswith("We experienced a crash! Reraising...")
+    assert lines[-3].endswith("line 19")  # the last lines follow, without the blank one
+    assert not any("line 100" in line for line in lines)  # INFO lines between are not kept
+    # Nothing of the other starts.
+    assert "an error of the first start" not in report
+    assert "start #3" not in report
+    assert len(report) < 3_000
+
+
+def test_stop_report_defaults_to_the_last_start_and_survives_no_markers(tmp_path: Path) -> None:
+    log = _worker_log(tmp_path)
+    assert incarnation_report(log).splitlines()[0].startswith("===== chaos: worker-1 start #3")
+    plain = tmp_path / "plain.log"
+    plain.write_text("\n".join(CRASHED_START[1:]) + "\n")
+    assert "FencedInstanceIdError: [Error 82]" in incarnation_report(plain)
+    assert incarnation_report(tmp_path / "missing.log") == "(no log)"
+
+
+def test_stop_report_is_bounded_and_keeps_the_traceback_over_error_floods(
+    tmp_path: Path,
+) -> None:
+    flood = [f"[2026-12-02 16:24:21,000] [1] [ERROR] Unable connect to {i}" for i in range(3000)]
+    log = tmp_path / "flood.log"
+    log.write_text("\n".join([*flood[:1500], *CRASHED_START[51:56], *flood[1500:]]) + "\n")
+    report = incarnation_report(log, max_chars=4_000)
+    assert len(report) <= 4_100
+    assert "FencedInstanceIdError: [Error 82]" in report
+    assert "Unable connect to 0" in report  # the first errors stay
+    assert "Unable connect to 2999" in report  # so does the end
+
+
+def test_markdown_excerpt_keeps_the_beginning_and_the_end() -> None:
+    report = "\n".join(f"l{i}" for i in range(200))
+    excerpt = stop_excerpt(report, head=5, tail=2)
+    assert excerpt == ["l0", "l1", "l2", "l3", "l4", "[... 193 lines ...]", "l198", "l199"]
+    assert stop_excerpt("a\nb") == ["a", "b"]

@@ -9,10 +9,13 @@ it, these fail first.
 from __future__ import annotations
 
 import asyncio
+import inspect
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from faust.transport.consumer import ThreadDelegateConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 from mode import Service
@@ -241,3 +244,48 @@ class TestFetchLoop:
         assert delivered == [10, 11]
         # 11's delivery spanned the rebalance: the new assignment's position stands.
         assert consumer.read_offsets[EVENTS] == 10
+
+
+class FakeConsumerThread:
+    """A consumer thread's loop in a real thread; ``seek`` notes the thread it runs on."""
+
+    def __init__(self) -> None:
+        self.thread_loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.thread_loop.run_forever, daemon=True)
+        self.seeks: list[tuple[TP, int, int]] = []
+
+    def seek(self, partition: TP, offset: int) -> None:
+        self.seeks.append((partition, offset, threading.get_ident()))
+
+
+class TestSeek:
+    def test_faust_seeks_the_aiokafka_consumer_from_the_calling_thread(self) -> None:
+        # What the override exists for: aiokafka's consumer lives on the consumer thread
+        # and is not thread-safe (its fetcher's buffered records: KeyError, worker crash).
+        source = inspect.getsource(ThreadDelegateConsumer._seek)
+        assert "self._thread.seek(" in source and "call_thread" not in source
+
+    def test_a_seek_runs_on_the_consumer_thread_without_yielding(
+        self, app: OmniApp, consumer: BulkDeliveryConsumer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        fake = FakeConsumerThread()
+        fake.thread.start()
+        monkeypatch.setattr(consumer, "_thread", fake)
+        others: list[str] = []
+
+        async def seek() -> list[str]:
+            app.loop.call_soon(others.append, "another task ran")
+            await consumer.seek(EVENTS, 42)
+            return list(others)
+
+        try:
+            # No other task runs between asking for the seek and its effect.
+            assert app.loop.run_until_complete(seek()) == []
+        finally:
+            fake.thread_loop.call_soon_threadsafe(fake.thread_loop.stop)
+            fake.thread.join(5)
+            fake.thread_loop.close()
+        assert fake.seeks == [(EVENTS, 42, fake.thread.ident)]
+        # Faust's and our bookkeeping of the seek are unchanged.
+        assert consumer.read_offsets[EVENTS] == 42
+        assert consumer.check_position(EVENTS, 42) == DELIVER

@@ -15,15 +15,18 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The producer side's settings (the contract package) share these names, defaults and
 # topic naming; they are defined there so an SDK and the worker cannot disagree.
 from producers.config import (
     DEFAULT_KAFKA_BOOTSTRAP,
+    DEFAULT_KAFKA_SASL_MECHANISM,
+    DEFAULT_KAFKA_SECURITY_PROTOCOL,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_FUTURE_SKEW_SECONDS,
+    KafkaSecurity,
     kafka_client_config,
     namespace_prefix,
     touchpoint_topic,
@@ -74,6 +77,20 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # One set of settings for every Kafka client: Faust's consumer, producer and topic
+    # creation, the output producer, the admin, the SDK and the CLI (README "Kafka:
+    # authentication and ACLs"). Checked together by _kafka_security_is_complete.
+    kafka_security_protocol: str = Field(
+        DEFAULT_KAFKA_SECURITY_PROTOCOL,
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SASL_SSL when only a SASL "
+        "user and password are set)",
+    )
+    kafka_sasl_mechanism: str = Field(
+        DEFAULT_KAFKA_SASL_MECHANISM, description="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
+    )
+    kafka_ssl_ca_file: str = Field(
+        "", description="PEM file of the CA of the brokers' certificates; '' = system CAs"
+    )
     topic_namespace: str = Field(
         "", description="Prefix for every topic name (tests and shared clusters); '' in prod"
     )
@@ -236,6 +253,11 @@ class Settings(BaseSettings):
         "trimmed (counted) to fit",
     )
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        self.kafka_security()  # raises ValueError naming the variable to fix
+        return self
+
     @field_validator("topic_namespace")
     @classmethod
     def _namespace_is_a_prefix(cls, value: str) -> str:
@@ -282,14 +304,20 @@ class Settings(BaseSettings):
             *(self.trigger_topic(c) for c in TRIGGER_CHANNELS),
         ]
 
+    def kafka_security(self) -> KafkaSecurity:
+        """How every Kafka client authenticates (librdkafka and Faust's aiokafka alike)."""
+        password = self.kafka_sasl_password
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username or None,
+            sasl_password=None if password is None else password.get_secret_value() or None,
+            ssl_ca_file=self.kafka_ssl_ca_file,
+        )
+
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by every confluent-kafka client we build."""
-        password = self.kafka_sasl_password
-        return kafka_client_config(
-            self.kafka_bootstrap,
-            self.kafka_sasl_username,
-            None if password is None else password.get_secret_value(),
-        )
+        return kafka_client_config(self.kafka_bootstrap, self.kafka_security())
 
     def rule_delays(self) -> dict[str, float]:
         """Named delays rules may use (``after: cart_abandon_after``, ``cooldown:

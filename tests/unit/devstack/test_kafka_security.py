@@ -114,3 +114,33 @@ def test_grants_are_least_privilege_per_channel_and_for_the_worker() -> None:
     assert allowed(WORKER_PRINCIPAL, "CREATE") == {"omni-x-*"}
     bindings = acl_bindings(settings)
     assert len(bindings) == len(set(bindings))  # the admin API refuses duplicates
+
+
+def test_the_readme_table_names_every_principal_with_its_grants() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("### Kafka: authentication and ACLs", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| `")
+    }
+    rows_of = {g.principal for g in grants(Settings()) if g.principal.startswith("channel-")}
+    for principal in rows_of:
+        [row] = [line for names, line in rows.items() if f"`{principal}`" in names]
+        write_cell, read_cell = row.split("|")[2:4]
+        mine = [g for g in grants(Settings()) if g.principal == principal]
+        assert ("touchpoint." in write_cell) == any("WRITE" in g.operations for g in mine), row
+        reads_topic = any(g.resource_type == "topic" and "READ" in g.operations for g in mine)
+        assert ("trigger." in read_cell) == reads_topic, row
+        assert ("groups" in read_cell) == any(g.resource_type == "group" for g in mine), row
+
+
+def test_the_secure_switch_is_the_flag_else_omni_stack_secure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from devstack.stack import secure_requested
+
+    monkeypatch.delenv("OMNI_STACK_SECURE", raising=False)
+    assert not secure_requested()
+    monkeypatch.setenv("OMNI_STACK_SECURE", "1")
+    assert secure_requested() and not secure_requested(False)
+    monkeypatch.setenv("OMNI_STACK_SECURE", "0")
+    assert not secure_requested() and secure_requested(True)

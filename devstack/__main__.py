@@ -35,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="KRaft controller port (default: Kafka port + 1, i.e. 9093)",
     )
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        default=None,
+        help="Kafka with SASL_SSL (SCRAM-SHA-512), the StandardAuthorizer and ACLs; "
+        "the worker runs as omni-worker (default: OMNI_STACK_SECURE=1)",
+    )
 
     down = sub.add_parser("down", help="stop what `up` started (idempotent)")
     down.add_argument(
@@ -63,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 worker_cmd=args.worker_cmd,
                 worker_timeout=args.worker_timeout,
                 controller_port=args.kafka_controller_port,
+                secure=args.secure,
             )
         elif args.command == "down":
             stack.down(wipe=args.wipe)

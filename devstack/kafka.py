@@ -20,11 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from string import Template
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devstack.errors import DevstackError
 from devstack.ports import port_is_open
 from devstack.procs import group_alive, spawn_detached, stop_group, tail
+
+if TYPE_CHECKING:
+    from devstack.kafka_security import BrokerSecurity
 
 #: Must match <kafka.version> in deploy/kafka/pom.xml.
 KAFKA_VERSION = "3.9.2"
@@ -140,6 +143,23 @@ def render_server_properties(port: int, controller_port: int, log_dirs: Path) ->
     return template.substitute(port=port, controller_port=controller_port, log_dirs=str(log_dirs))
 
 
+def override_properties(text: str, overrides: dict[str, str]) -> str:
+    """``text`` (a .properties file) with the lines of ``overrides``' keys replaced in place
+    and the other keys appended, so each key appears once."""
+    lines, seen = [], set()
+    for raw in text.splitlines():
+        key = raw.split("=", 1)[0].strip()
+        if "=" in raw and not raw.lstrip().startswith("#") and key in overrides:
+            lines.append(f"{key}={overrides[key]}")
+            seen.add(key)
+        else:
+            lines.append(raw)
+    added = [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    if added:
+        lines += ["", "# --- Secured broker (devstack/kafka_security.py) ---", *added]
+    return "\n".join(lines) + "\n"
+
+
 def _quiet_admin(bootstrap: str, extra: dict[str, str] | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
@@ -219,6 +239,8 @@ class LocalKafka:
 
     ``workdir`` holds ``server.properties``, ``data/`` and ``kafka.log``;
     a formatted ``data/`` is reused, so topics survive a restart.
+    With ``security`` the client listener is SASL_SSL (SCRAM-SHA-512) with the
+    StandardAuthorizer, its users formatted into the storage (devstack/kafka_security.py).
     """
 
     def __init__(
@@ -229,7 +251,9 @@ class LocalKafka:
         *,
         heap: str = DEFAULT_HEAP,
         cache_dir: Path | None = None,
+        security: BrokerSecurity | None = None,
     ) -> None:
+        self.security = security
         self.port = port
         self.controller_port = controller_port
         self.workdir = Path(workdir)
@@ -251,6 +275,19 @@ class LocalKafka:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def client_config(self, principal: str | None = None) -> dict[str, Any]:
+        """librdkafka settings reaching this broker as ``principal`` (the admin by
+        default; ignored on a plaintext broker)."""
+        from producers.config import kafka_client_config
+
+        if self.security is None:
+            return kafka_client_config(self.bootstrap)
+        from devstack.kafka_security import ADMIN_PRINCIPAL
+
+        return kafka_client_config(
+            self.bootstrap, self.security.client(principal or ADMIN_PRINCIPAL)
+        )
+
     def _java(self) -> str:
         return find_executable(
             "java",
@@ -269,6 +306,7 @@ class LocalKafka:
             new_cluster_id(),
             "-c",
             str(self.properties_path),
+            *(self.security.format_arguments() if self.security is not None else []),
         ]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -291,9 +329,13 @@ class LocalKafka:
                     "use by another process. Stop that process or choose other ports."
                 )
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.properties_path.write_text(
-            render_server_properties(self.port, self.controller_port, self.data_dir)
-        )
+        properties = render_server_properties(self.port, self.controller_port, self.data_dir)
+        if self.security is not None:
+            properties = override_properties(
+                properties, self.security.server_properties(self.port, self.controller_port)
+            )
+        self.properties_path.write_text(properties)
+        self.properties_path.chmod(0o600)  # the secured broker's holds passwords
         if not (self.data_dir / "meta.properties").is_file():
             self._format(java, libs)
         argv = [
@@ -317,8 +359,13 @@ class LocalKafka:
         proc = self._proc
         if proc is None:
             raise DevstackError("LocalKafka.wait_ready() called before start(); call start().")
+        extra = {k: v for k, v in self.client_config().items() if k != "bootstrap.servers"}
         return wait_kafka_ready(
-            self.bootstrap, timeout, is_alive=lambda: proc.poll() is None, log_path=self.log_path
+            self.bootstrap,
+            timeout,
+            is_alive=lambda: proc.poll() is None,
+            log_path=self.log_path,
+            extra=extra,
         )
 
     def stop(self, timeout: float = 20.0) -> None:

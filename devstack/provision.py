@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from devstack.kafka import LocalKafka
+from devstack.kafka_security import BrokerSecurity
 from devstack.ports import free_port
 from devstack.redis import LocalRedis
 
@@ -134,6 +135,31 @@ def provide_kafka() -> Iterator[Provided]:
         kafka.start()
         kafka.wait_ready(timeout=120)
         yield Provided(kafka.bootstrap, "local-process")
+    finally:
+        kafka.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A broker with SASL_SSL (SCRAM-SHA-512), the StandardAuthorizer and its users."""
+
+    bootstrap: str
+    security: BrokerSecurity
+
+
+@contextmanager
+def provide_secured_kafka() -> Iterator[SecuredKafka]:
+    """Start a secured local broker on free ports (always a local process: its users
+    and certificates are made here); stopped and deleted on exit. ACLs are the
+    caller's (``devstack.kafka_security.create_acls``): they name the topics."""
+    workdir = Path(tempfile.mkdtemp(prefix="omni-test-kafka-secure-"))
+    security = BrokerSecurity.create(workdir / "tls")
+    kafka = LocalKafka(free_port(), free_port(), workdir / "kafka", security=security)
+    try:
+        kafka.start()
+        kafka.wait_ready(timeout=120)
+        yield SecuredKafka(kafka.bootstrap, security)
     finally:
         kafka.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -3,6 +3,8 @@
 State lives in ``<repo>/.omni/stack`` (gitignored)::
 
     kafka.pid   kafka/{server.properties,data/,kafka.log}
+    kafka.secure  kafka-secure/{tls/,server.properties,data/,kafka.log}  (``up --secure``:
+                SASL_SSL + ACLs; tls/ holds the CA, keystore, passwords, env/<principal>.env)
     redis.pid   redis/redis.log     redis.reused  (a Redis we found, never stop)
     worker.pid  worker.log
     action-token.key  (the stack's random OMNI_ACTION_TOKEN_KEY unless one is set; 0600)
@@ -33,6 +35,13 @@ from urllib.parse import unquote, urlsplit
 
 from devstack.errors import DevstackError
 from devstack.kafka import REPO_ROOT, LocalKafka, kafka_answers, wait_kafka_ready
+from devstack.kafka_security import (
+    ADMIN_PRINCIPAL,
+    WORKER_PRINCIPAL,
+    BrokerSecurity,
+    create_acls,
+    env_file_hint,
+)
 from devstack.ports import port_is_open
 from devstack.procs import (
     read_pidfile,
@@ -42,6 +51,7 @@ from devstack.procs import (
     write_pidfile,
 )
 from devstack.redis import WORKER_USER, LocalRedis, RedisAccess, redis_answers, url_answers
+from producers.config import kafka_client_config
 
 if TYPE_CHECKING:
     from processors.settings import Settings
@@ -75,6 +85,17 @@ class StackPaths:
     @property
     def kafka_dir(self) -> Path:
         return self.root / "kafka"
+
+    @property
+    def kafka_secure_dir(self) -> Path:
+        """The secured broker's work dir: its storage is formatted with SCRAM users, so
+        it is never shared with the plaintext broker's."""
+        return self.root / "kafka-secure"
+
+    @property
+    def kafka_secure(self) -> Path:
+        """Present while the broker devstack runs is the secured one."""
+        return self.root / "kafka.secure"
 
     @property
     def redis_pid(self) -> Path:
@@ -182,22 +203,53 @@ def _load_settings() -> Settings:
 # --- Kafka -------------------------------------------------------------------
 
 
+def secure_requested(flag: bool | None = None) -> bool:
+    """``--secure``, else ``OMNI_STACK_SECURE`` (1/true/yes/on)."""
+    return secure_stack_requested() if flag is None else flag
+
+
+def stack_security(paths: StackPaths) -> BrokerSecurity | None:
+    """The secured broker's users and CA while ``up --secure`` runs it, else None."""
+    if not paths.kafka_secure.exists():
+        return None
+    return BrokerSecurity.load(paths.kafka_secure_dir / "tls")
+
+
 def _running_kafka_port(paths: StackPaths) -> int | None:
     """Client port in the server.properties our running broker was started with."""
+    workdir = paths.kafka_secure_dir if paths.kafka_secure.exists() else paths.kafka_dir
     try:
-        text = (paths.kafka_dir / "server.properties").read_text()
+        text = (workdir / "server.properties").read_text()
     except OSError:
         return None
-    found = re.search(r"^listeners=PLAINTEXT://[^:]+:(\d+)", text, re.MULTILINE)
+    found = re.search(r"^listeners=(?:PLAINTEXT|SASL_SSL)://[^:]+:(\d+)", text, re.MULTILINE)
     return int(found.group(1)) if found else None
 
 
-def up_kafka(settings: Settings, paths: StackPaths, say: Say, controller_port: int | None) -> None:
+def up_kafka(
+    settings: Settings,
+    paths: StackPaths,
+    say: Say,
+    controller_port: int | None,
+    security: BrokerSecurity | None = None,
+) -> None:
+    """Start (or find) the broker; with ``security`` the secured one (SASL_SSL, ACLs)."""
     bootstrap: str = settings.kafka_bootstrap
     client_config: dict[str, str] = settings.kafka_client_config()
     extra = {k: v for k, v in client_config.items() if k != "bootstrap.servers"}
     port = parse_local_bootstrap(bootstrap)
-    if port is None or extra:
+    if security is not None:
+        if port is None:
+            raise DevstackError(
+                f"`up --secure` starts a local broker, but OMNI_KAFKA_BOOTSTRAP={bootstrap} "
+                "is not one loopback address. Unset it or set it to 127.0.0.1:<free port>."
+            )
+        extra = {
+            k: v
+            for k, v in kafka_client_config(bootstrap, security.client(ADMIN_PRINCIPAL)).items()
+            if k != "bootstrap.servers"
+        }
+    elif port is None or extra:
         # A remote or SASL cluster: use it as it is, never manage it.
         if not kafka_answers(bootstrap, timeout=10, extra=extra):
             raise DevstackError(
@@ -207,9 +259,18 @@ def up_kafka(settings: Settings, paths: StackPaths, say: Say, controller_port: i
         say(line("kafka", "external", bootstrap, "(not managed by devstack)"))
         return
 
+    workdir = paths.kafka_dir if security is None else paths.kafka_secure_dir
     pid = read_pidfile(paths.kafka_pid)
-    log_path = paths.kafka_dir / "kafka.log"
+    log_path = workdir / "kafka.log"
     if pid is not None:
+        if paths.kafka_secure.exists() != (security is not None):
+            running, asked = (
+                ("secured", "plaintext") if security is None else ("plaintext", "secured")
+            )
+            raise DevstackError(
+                f"Our Kafka (pid {pid}) is the {running} broker, but the {asked} one was asked "
+                "for (`up --secure` / OMNI_STACK_SECURE=1 choose). Run `make down` first."
+            )
         running_port = _running_kafka_port(paths)
         if running_port is not None and running_port != port:
             raise DevstackError(
@@ -223,14 +284,16 @@ def up_kafka(settings: Settings, paths: StackPaths, say: Say, controller_port: i
             return read_pidfile(paths.kafka_pid) == alive_pid
 
         # It may still be booting (a parallel `up`): wait rather than report it down.
-        wait_kafka_ready(bootstrap, KAFKA_READY_TIMEOUT, is_alive=still_ours, log_path=log_path)
+        wait_kafka_ready(
+            bootstrap, KAFKA_READY_TIMEOUT, is_alive=still_ours, log_path=log_path, extra=extra
+        )
         say(line("kafka", "running", bootstrap, f"pid {pid}"))
         return
     paths.kafka_pid.unlink(missing_ok=True)
 
     if port_is_open("127.0.0.1", port):
         explicit = "kafka_bootstrap" in settings.model_fields_set
-        if explicit and kafka_answers(bootstrap, timeout=5):
+        if explicit and security is None and kafka_answers(bootstrap, timeout=5):
             say(line("kafka", "external", bootstrap, "(already running; not managed)"))
             return
         raise DevstackError(
@@ -246,17 +309,21 @@ def up_kafka(settings: Settings, paths: StackPaths, say: Say, controller_port: i
             f"The Kafka controller port 127.0.0.1:{cport} is taken by another process. "
             "Free it or pass `--kafka-controller-port <free port>`."
         )
-    kafka = LocalKafka(port, cport, paths.kafka_dir)
+    kafka = LocalKafka(port, cport, workdir, security=security)
     kafka.start()
     assert kafka.pid is not None
     write_pidfile(paths.kafka_pid, kafka.pid)
+    if security is not None:
+        paths.kafka_secure.write_text(f"{port}\n")
     try:
         waited = kafka.wait_ready(KAFKA_READY_TIMEOUT)
     except BaseException:
         kafka.stop()
         paths.kafka_pid.unlink(missing_ok=True)
+        paths.kafka_secure.unlink(missing_ok=True)
         raise
-    say(line("kafka", "started", bootstrap, f"pid {kafka.pid}, ready in {waited:.1f} s"))
+    shown = "SASL_SSL, ACLs" if security is not None else ""
+    say(line("kafka", "started", bootstrap, f"pid {kafka.pid}, ready in {waited:.1f} s {shown}"))
 
 
 def down_kafka(paths: StackPaths, say: Say) -> None:
@@ -267,6 +334,7 @@ def down_kafka(paths: StackPaths, say: Say) -> None:
         stop_group(pid, timeout=20)
         say(line("kafka", "stopped", "", f"pid {pid}"))
     paths.kafka_pid.unlink(missing_ok=True)
+    paths.kafka_secure.unlink(missing_ok=True)
 
 
 # --- Redis -------------------------------------------------------------------
@@ -455,6 +523,23 @@ def worker_env(settings: Settings, paths: StackPaths) -> dict[str, str]:
     return env
 
 
+def up_acls(settings: Settings, security: BrokerSecurity, say: Say) -> None:
+    """The ACLs of README "Kafka: authentication and ACLs", created as omni-admin."""
+    admin = kafka_client_config(settings.kafka_bootstrap, security.client(ADMIN_PRINCIPAL))
+    count = create_acls(admin, settings)
+    folder = security.write_env_files(settings.kafka_bootstrap)
+    say(line("acls", "ready", "", f"{count} ACL bindings; {env_file_hint(folder)}"))
+
+
+def as_principal(settings: Settings, security: BrokerSecurity, principal: str) -> Settings:
+    """``settings`` whose Kafka clients authenticate as ``principal`` of the secured stack."""
+    env = security.client_env(principal, settings.kafka_bootstrap)
+    values = {**settings.model_dump(), **{k[len("OMNI_") :].lower(): v for k, v in env.items()}}
+    settings_cls: Any = type(settings)
+    result: Settings = settings_cls(**values)
+    return result
+
+
 def up_worker(
     settings: Settings,
     paths: StackPaths,
@@ -538,23 +623,33 @@ def up(
     secure: bool | None = None,
 ) -> None:
     """Start (or find running) Kafka, Redis, the topics and the worker; idempotent.
-    ``secure`` (default: ``OMNI_STACK_SECURE``): services with users and TLS."""
+
+    ``secure`` (default: ``OMNI_STACK_SECURE``): the broker speaks SASL_SSL with SCRAM
+    users and ACLs (topics and ACLs are made as omni-admin, the worker runs as
+    omni-worker), Redis has users and TLS (the worker runs as omni-worker).
+    """
     paths = paths or StackPaths(STATE_DIR)
     settings = _load_settings()
-    secure = secure_stack_requested() if secure is None else secure
+    secure = secure_requested(secure)
     with state_lock(paths):
-        up_kafka(settings, paths, say, controller_port)
-        worker_env: dict[str, str] = {}
-        if secure:
-            worker_env.update(up_secure_redis(settings, paths, say))
-        else:
+        if not secure:
+            up_kafka(settings, paths, say, controller_port)
             up_redis(settings, paths, say)
-        up_topics(settings, say)
+            up_topics(settings, say)
+            up_worker(settings, paths, say, worker_cmd, worker_timeout)
+            return
+        paths.root.mkdir(parents=True, exist_ok=True)
+        security = BrokerSecurity.load_or_create(paths.kafka_secure_dir / "tls")
+        up_kafka(settings, paths, say, controller_port, security)
+        worker_env = up_secure_redis(settings, paths, say)
+        up_topics(as_principal(settings, security, ADMIN_PRINCIPAL), say)
+        up_acls(settings, security, say)
+        worker_env.update(security.client_env(WORKER_PRINCIPAL, settings.kafka_bootstrap))
         up_worker(settings, paths, say, worker_cmd, worker_timeout, env=worker_env)
 
 
 def _wipe(paths: StackPaths, say: Say) -> None:
-    targets = [paths.kafka_dir, paths.redis_dir]
+    targets = [paths.kafka_dir, paths.kafka_secure_dir, paths.redis_dir]
     # Triggers go with the Kafka data, so their tokens' key can go too.
     if paths.action_token_key.exists():
         paths.action_token_key.unlink()
@@ -587,7 +682,13 @@ def status(*, paths: StackPaths | None = None, say: Say = print) -> bool:
     paths = paths or StackPaths(STATE_DIR)
     settings = _load_settings()
     bootstrap: str = settings.kafka_bootstrap
-    extra = {k: v for k, v in settings.kafka_client_config().items() if k != "bootstrap.servers"}
+    security = stack_security(paths)
+    config = (
+        settings.kafka_client_config()
+        if security is None
+        else kafka_client_config(bootstrap, security.client(ADMIN_PRINCIPAL))
+    )
+    extra = {k: v for k, v in config.items() if k != "bootstrap.servers"}
     healthy = True
 
     pid = read_pidfile(paths.kafka_pid)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import faust
 from faust.types import StreamT, TableT
+from faust.types.auth import CredentialsT
 from faust.types.transports import TransportT
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -35,6 +37,7 @@ from processors.rulebook import RuleSet, load_ruleset
 from processors.settings import TRIGGER_CHANNELS, Settings
 from processors.topics import changelog_configs
 from processors.transport import new_transport
+from producers.config import KafkaSecurity
 from schemas import EventValidator
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,23 @@ def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
     )
 
 
+def broker_credentials(security: KafkaSecurity) -> CredentialsT | None:
+    """Faust's ``broker_credentials`` for these settings: its consumer, producer and
+    topic creation (changelogs) authenticate like every librdkafka client does."""
+    context = security.ssl_context()
+    if security.uses_sasl:
+        # With an SSL context Faust speaks SASL_SSL, without one SASL_PLAINTEXT.
+        return faust.SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            mechanism=security.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> OmniApp:
     """The worker's app. A bad rule file raises ``RuleFileError`` naming it, a missing or
     weak ``OMNI_ACTION_TOKEN_KEY`` ``WeakActionTokenKeyError``: fix and restart."""
@@ -121,6 +141,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     app = OmniApp(
         settings.app_id,
         broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
+        broker_credentials=broker_credentials(settings.kafka_security()),
         store="rocksdb://",
         datadir=settings.data_dir,
         autodiscover=False,

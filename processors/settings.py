@@ -25,11 +25,14 @@ from processors.domain.policy import DEFAULT_ENTITLEMENT_CHANNELS, DEFAULT_OVERD
 from producers.actions import ActionTokenKeys
 from producers.config import (
     DEFAULT_KAFKA_BOOTSTRAP,
+    DEFAULT_KAFKA_SASL_MECHANISM,
+    DEFAULT_KAFKA_SECURITY_PROTOCOL,
     DEFAULT_MAX_EVENT_BYTES,
     DEFAULT_MAX_FUTURE_SKEW_SECONDS,
     DEFAULT_REDIS_URL,
     check_redis_tls,
     connect_redis,
+    KafkaSecurity,
     kafka_client_config,
     namespace_prefix,
     redis_client_options,
@@ -81,6 +84,20 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(DEFAULT_KAFKA_BOOTSTRAP, description="Kafka bootstrap servers")
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    # One set of settings for every Kafka client: Faust's consumer, producer and topic
+    # creation, the output producer, the admin, the SDK and the CLI (README "Kafka:
+    # authentication and ACLs"). Checked together by _kafka_security_is_complete.
+    kafka_security_protocol: str = Field(
+        DEFAULT_KAFKA_SECURITY_PROTOCOL,
+        description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SASL_SSL when only a SASL "
+        "user and password are set)",
+    )
+    kafka_sasl_mechanism: str = Field(
+        DEFAULT_KAFKA_SASL_MECHANISM, description="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"
+    )
+    kafka_ssl_ca_file: str = Field(
+        "", description="PEM file of the CA of the brokers' certificates; '' = system CAs"
+    )
     topic_namespace: str = Field(
         "", description="Prefix for every topic name (tests and shared clusters); '' in prod"
     )
@@ -327,6 +344,11 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        self.kafka_security()  # raises ValueError naming the variable to fix
+        return self
+
     @field_validator("topic_namespace")
     @classmethod
     def _namespace_is_a_prefix(cls, value: str) -> str:
@@ -392,14 +414,20 @@ class Settings(BaseSettings):
             *(self.trigger_topic(c) for c in TRIGGER_CHANNELS),
         ]
 
+    def kafka_security(self) -> KafkaSecurity:
+        """How every Kafka client authenticates (librdkafka and Faust's aiokafka alike)."""
+        password = self.kafka_sasl_password
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username or None,
+            sasl_password=None if password is None else password.get_secret_value() or None,
+            ssl_ca_file=self.kafka_ssl_ca_file,
+        )
+
     def kafka_client_config(self) -> dict[str, Any]:
         """librdkafka settings shared by every confluent-kafka client we build."""
-        password = self.kafka_sasl_password
-        return kafka_client_config(
-            self.kafka_bootstrap,
-            self.kafka_sasl_username,
-            None if password is None else password.get_secret_value(),
-        )
+        return kafka_client_config(self.kafka_bootstrap, self.kafka_security())
 
     def action_token_keys(self) -> ActionTokenKeys:
         """The key tokens are signed with and the previous ones still accepted.

@@ -14,6 +14,7 @@ here, so the two cannot drift. The worker's ``Settings`` also satisfies
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,21 +41,107 @@ def touchpoint_topic(namespace: str, channel: str) -> str:
     return f"{namespace_prefix(namespace)}touchpoint.{channel}"
 
 
-def kafka_client_config(
-    bootstrap: str, sasl_username: str | None = None, sasl_password: str | None = None
-) -> dict[str, Any]:
+#: ``OMNI_KAFKA_SECURITY_PROTOCOL`` values (Kafka's and librdkafka's names).
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: ``OMNI_KAFKA_SASL_MECHANISM`` values every client of the pipeline supports.
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+DEFAULT_KAFKA_SECURITY_PROTOCOL = "PLAINTEXT"
+DEFAULT_KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every Kafka client of the pipeline authenticates and encrypts: one value for
+    librdkafka (SDK, output producer, admin, CLI) and for Faust's aiokafka clients.
+
+    ``protocol`` PLAINTEXT with both a user name and a password is SASL_SSL: earlier
+    releases switched to SASL_SSL on the credentials alone, and a deployment that set
+    only those keeps working (now with ``sasl_mechanism``, SCRAM-SHA-512 by default).
+    """
+
+    protocol: str = DEFAULT_KAFKA_SECURITY_PROTOCOL
+    sasl_mechanism: str = DEFAULT_KAFKA_SASL_MECHANISM
+    sasl_username: str | None = None
+    # Never printed: a repr of the settings ends up in logs.
+    sasl_password: str | None = field(default=None, repr=False)
+    #: PEM file of the CA that signed the brokers' certificates; '' = the system's CAs.
+    ssl_ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        protocol = self.protocol.upper()
+        mechanism = self.sasl_mechanism.upper()
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={self.protocol!r} is not one of "
+                f"{', '.join(KAFKA_SECURITY_PROTOCOLS)}: set one of those (SASL_SSL for a "
+                "cluster with users and TLS) or unset it for PLAINTEXT"
+            )
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SASL_MECHANISM={self.sasl_mechanism!r} is not one of "
+                f"{', '.join(KAFKA_SASL_MECHANISMS)}: set the mechanism the cluster's "
+                "listener enables (sasl.enabled.mechanisms)"
+            )
+        if bool(self.sasl_username) != bool(self.sasl_password):
+            given, missing = (
+                ("USERNAME", "PASSWORD") if self.sasl_username else ("PASSWORD", "USERNAME")
+            )
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SASL_{given} is set but {ENV_PREFIX}KAFKA_SASL_{missing} "
+                "is not: set both (a SASL user and its password) or neither"
+            )
+        if protocol == "PLAINTEXT" and self.sasl_username:
+            protocol = "SASL_SSL"  # the credentials alone meant SASL_SSL before
+        if protocol.startswith("SASL_") and not self.sasl_username:
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={protocol} needs a user: set "
+                f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD"
+            )
+        if self.ssl_ca_file and not os.path.isfile(self.ssl_ca_file):
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SSL_CA_FILE={self.ssl_ca_file!r} is not a readable file: "
+                "point it at the PEM file of the CA that signed the brokers' certificates, "
+                "or unset it to trust the system's CAs"
+            )
+        object.__setattr__(self, "protocol", protocol)
+        object.__setattr__(self, "sasl_mechanism", mechanism)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def librdkafka_config(self) -> dict[str, Any]:
+        """These settings in librdkafka's names (nothing for PLAINTEXT)."""
+        if self.protocol == "PLAINTEXT":
+            return {}
+        config: dict[str, Any] = {"security.protocol": self.protocol}
+        if self.uses_sasl:
+            config.update(
+                {
+                    "sasl.mechanisms": self.sasl_mechanism,
+                    "sasl.username": self.sasl_username,
+                    "sasl.password": self.sasl_password,
+                }
+            )
+        if self.uses_tls and self.ssl_ca_file:
+            config["ssl.ca.location"] = self.ssl_ca_file
+        return config
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of Python clients (aiokafka): the CA file or the system's CAs,
+        host names checked; None without TLS."""
+        if not self.uses_tls:
+            return None
+        return ssl.create_default_context(cafile=self.ssl_ca_file or None)
+
+
+def kafka_client_config(bootstrap: str, security: KafkaSecurity | None = None) -> dict[str, Any]:
     """librdkafka settings every confluent-kafka client of the pipeline starts from."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap}
-    if sasl_username and sasl_password:
-        config.update(
-            {
-                "security.protocol": "SASL_SSL",
-                "sasl.mechanisms": "PLAIN",
-                "sasl.username": sasl_username,
-                "sasl.password": sasl_password,
-            }
-        )
-    return config
+    return {"bootstrap.servers": bootstrap, **(security or KafkaSecurity()).librdkafka_config()}
 
 
 def check_redis_tls(url: str, ca_file: str | None) -> None:
@@ -138,6 +225,10 @@ class ProducerSettings:
     kafka_sasl_username: str | None = None
     # Never printed: a repr of the settings ends up in logs.
     kafka_sasl_password: str | None = field(default=None, repr=False)
+    #: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (README "Kafka: authentication and ACLs").
+    kafka_security_protocol: str = DEFAULT_KAFKA_SECURITY_PROTOCOL
+    kafka_sasl_mechanism: str = DEFAULT_KAFKA_SASL_MECHANISM
+    kafka_ssl_ca_file: str = ""
     #: Prefix of every topic name (tests, shared clusters); '' in production.
     topic_namespace: str = ""
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
@@ -151,6 +242,7 @@ class ProducerSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "topic_namespace", namespace_prefix(self.topic_namespace))
         check_redis_tls(self.redis_url, self.redis_ca_file)
+        self.kafka_security()  # refuses a bad combination now, not at the first send
         if self.max_event_bytes < 1 or self.max_future_skew_seconds < 0:
             raise ValueError(
                 "max_event_bytes must be at least 1 and max_future_skew_seconds at least 0 "
@@ -179,10 +271,17 @@ class ProducerSettings:
                 parsed[spec.name] = raw
         return cls(**{**parsed, **overrides})
 
-    def kafka_client_config(self) -> dict[str, Any]:
-        return kafka_client_config(
-            self.kafka_bootstrap, self.kafka_sasl_username, self.kafka_sasl_password
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username or None,
+            sasl_password=self.kafka_sasl_password or None,
+            ssl_ca_file=self.kafka_ssl_ca_file,
         )
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        return kafka_client_config(self.kafka_bootstrap, self.kafka_security())
 
     def touchpoint_topic(self, channel: str) -> str:
         return touchpoint_topic(self.topic_namespace, channel)

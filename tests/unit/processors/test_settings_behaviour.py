@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ssl
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
+from pydantic import ValidationError
 
 import processors.output as output_module
 import tests.unit.processors.test_agents as agent_tests
 import tests.unit.processors.test_erasure as erasure_tests
 import tests.unit.processors.test_ingest as ingest_tests
 import tests.unit.processors.test_settings as settings_tests
+from devstack.kafka_security import BrokerSecurity
 from processors.app import OmniApp, contact_policy, step_context
 from processors.domain import contact as cp
 from processors.domain.caps import enforce_caps
@@ -82,12 +86,108 @@ def built_app(tmp_path: Path, **overrides: Any) -> AbstractContextManager[OmniAp
 
 def test_kafka_sasl_username_and_password_switch_the_clients_to_sasl() -> None:
     assert "security.protocol" not in Settings().kafka_client_config()
-    # One without the other is not enough: no half-configured SASL.
-    assert "security.protocol" not in Settings(kafka_sasl_username="u").kafka_client_config()
-    assert "security.protocol" not in Settings(kafka_sasl_password="p").kafka_client_config()
+    # Both alone (no protocol set) mean SASL_SSL, as in earlier releases.
     config = Settings(kafka_sasl_username="u", kafka_sasl_password="p").kafka_client_config()
     assert config["security.protocol"] == "SASL_SSL"
     assert (config["sasl.username"], config["sasl.password"]) == ("u", "p")
+    # One without the other is refused, naming what is missing: no half-configured SASL.
+    with pytest.raises(ValidationError, match="OMNI_KAFKA_SASL_PASSWORD is not"):
+        Settings(kafka_sasl_username="u")
+    with pytest.raises(ValidationError, match="OMNI_KAFKA_SASL_USERNAME is not"):
+        Settings(kafka_sasl_password="p")
+
+
+def recorded_output_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the librdkafka OutputProducer's config, Faust's aiokafka auth settings) of a worker
+    built with these settings."""
+    configs: list[dict[str, Any]] = []
+    real = output_module.Producer
+
+    def recording(config: dict[str, Any]) -> Any:
+        configs.append(config)
+        return real(config)
+
+    monkeypatch.setattr(output_module, "Producer", recording)
+    with built_app(tmp_path, **overrides) as app:
+        faust_auth = dict(credentials_to_aiokafka_auth(app.conf.broker_credentials))
+    [output] = configs
+    return output, faust_auth
+
+
+def app_credentials_are_none(tmp_path: Path) -> bool:
+    with built_app(tmp_path) as app:
+        return app.conf.broker_credentials is None
+
+
+def test_kafka_security_protocol_secures_faust_and_librdkafka_clients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = {"kafka_sasl_username": "omni-worker", "kafka_sasl_password": "pw"}
+    output, faust_auth = recorded_output_configs(
+        tmp_path, monkeypatch, kafka_security_protocol="SASL_SSL", **users
+    )
+    assert output["security.protocol"] == faust_auth["security_protocol"] == "SASL_SSL"
+    assert output["sasl.username"] == faust_auth["sasl_plain_username"] == "omni-worker"
+    assert output["sasl.password"] == faust_auth["sasl_plain_password"] == "pw"
+    assert isinstance(faust_auth["ssl_context"], ssl.SSLContext)
+    # SASL without TLS: no SSL context for Faust either.
+    output, faust_auth = recorded_output_configs(
+        tmp_path / "plain", monkeypatch, kafka_security_protocol="sasl_plaintext", **users
+    )
+    assert output["security.protocol"] == faust_auth["security_protocol"] == "SASL_PLAINTEXT"
+    assert faust_auth["ssl_context"] is None
+    # The default: nothing but the bootstrap, and Faust gets no credentials.
+    output, faust_auth = recorded_output_configs(tmp_path / "default", monkeypatch)
+    assert "security.protocol" not in output
+    assert app_credentials_are_none(tmp_path / "none")
+    assert faust_auth == {"security_protocol": "PLAINTEXT"}
+    with pytest.raises(ValidationError, match="OMNI_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs a user"):
+        Settings(kafka_security_protocol="SASL_SSL")
+    with pytest.raises(ValidationError, match="OMNI_KAFKA_SECURITY_PROTOCOL='TLS' is not one of"):
+        Settings(kafka_security_protocol="TLS")
+
+
+def test_kafka_sasl_mechanism_is_the_mechanism_of_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    users = {"kafka_sasl_username": "u", "kafka_sasl_password": "p"}
+    output, faust_auth = recorded_output_configs(tmp_path, monkeypatch, **users)
+    assert output["sasl.mechanisms"] == faust_auth["sasl_mechanism"] == "SCRAM-SHA-512"
+    output, faust_auth = recorded_output_configs(
+        tmp_path / "256", monkeypatch, kafka_sasl_mechanism="SCRAM-SHA-256", **users
+    )
+    assert output["sasl.mechanisms"] == faust_auth["sasl_mechanism"] == "SCRAM-SHA-256"
+    with pytest.raises(ValidationError, match="OMNI_KAFKA_SASL_MECHANISM='GSSAPI' is not one of"):
+        Settings(kafka_sasl_mechanism="GSSAPI", **users)
+
+
+def test_kafka_ssl_ca_file_is_the_ca_every_client_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ca_file = BrokerSecurity.create(tmp_path / "tls").ca_file
+    output, faust_auth = recorded_output_configs(
+        tmp_path / "worker",
+        monkeypatch,
+        kafka_security_protocol="SSL",
+        kafka_ssl_ca_file=str(ca_file),
+    )
+    assert output["ssl.ca.location"] == str(ca_file)
+    context = faust_auth["ssl_context"]
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    subjects = [dict(x[0] for x in ca["subject"]) for ca in context.get_ca_certs()]
+    assert {"commonName": "omni devstack CA"} in subjects
+    # Without it: the system's CAs, never this one.
+    _, faust_auth = recorded_output_configs(
+        tmp_path / "system", monkeypatch, kafka_security_protocol="SSL"
+    )
+    subjects = [
+        dict(x[0] for x in ca["subject"]) for ca in faust_auth["ssl_context"].get_ca_certs()
+    ]
+    assert {"commonName": "omni devstack CA"} not in subjects
+    with pytest.raises(ValidationError, match=r"OMNI_KAFKA_SSL_CA_FILE=.* is not a readable file"):
+        Settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=str(tmp_path / "missing.pem"))
 
 
 def test_partitions_is_the_partition_count_of_the_state_tables_and_topics(tmp_path: Path) -> None:
@@ -643,6 +743,9 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "partitions": test_partitions_is_the_partition_count_of_the_state_tables_and_topics,
     "kafka_sasl_username": test_kafka_sasl_username_and_password_switch_the_clients_to_sasl,
     "kafka_sasl_password": test_kafka_sasl_username_and_password_switch_the_clients_to_sasl,
+    "kafka_security_protocol": test_kafka_security_protocol_secures_faust_and_librdkafka_clients,
+    "kafka_sasl_mechanism": test_kafka_sasl_mechanism_is_the_mechanism_of_every_client,
+    "kafka_ssl_ca_file": test_kafka_ssl_ca_file_is_the_ca_every_client_trusts,
     "redis_retry_max_seconds": test_redis_retry_max_seconds_caps_the_retry_backoff,
     "redis_ca_file": test_redis_ca_file_makes_every_redis_client_verify_tls_with_that_ca,
     "rocksdb_write_buffer_mib": test_rocksdb_memory_settings_size_each_table_store,

@@ -347,8 +347,13 @@ def default_options(settings: Settings, timeout: float = 5.0) -> Options:
 
 def _error(exc: BaseException) -> str:
     # A KafkaException carries a KafkaError whose str() is a repr: its .str() reads well.
+    from confluent_kafka import KafkaError
+
     first = exc.args[0] if exc.args else None
-    text = first.str() if hasattr(first, "str") else str(exc).strip() or type(exc).__name__
+    if isinstance(first, KafkaError):
+        text = str(first.str())
+    else:
+        text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
 

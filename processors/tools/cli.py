@@ -1,4 +1,5 @@
-"""``omni``: publish events, read dead letters, rebuild the Redis read model, erase."""
+"""``omni``: publish events, read dead letters, rebuild the Redis read model, erase, and
+check the whole pipeline (``omni doctor``)."""
 
 from __future__ import annotations
 
@@ -191,6 +192,61 @@ def simulate(
     from producers.simulator import run_simulation
 
     run_simulation(Settings(), customers=customers, rate=rate, seconds=seconds)
+
+
+@app.command()
+def doctor(
+    worker_url: Annotated[
+        str | None,
+        typer.Option(help="The worker's health base URL; default OMNI_WEB_BIND:OMNI_WEB_PORT"),
+    ] = None,
+    metrics_url: Annotated[
+        str | None,
+        typer.Option(help="The worker's /metrics URL; default OMNI_WEB_BIND:OMNI_METRICS_PORT"),
+    ] = None,
+    lag_warn: Annotated[
+        int, typer.Option(help="Warn when a source topic has more uncommitted messages")
+    ] = 1000,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each answer")] = 5.0,
+    strict: Annotated[bool, typer.Option(help="Exit 1 on warnings too")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per check")] = False,
+) -> None:
+    """Check the pipeline: broker, topics, group and lag, Redis, the worker and its rules.
+
+    Exit 0 when every check is ok or only warns, 1 when one fails (--strict: or warns).
+    """
+    import dataclasses
+    import json
+
+    from processors.tools.doctor import Status, default_options, exit_code, run_doctor
+
+    settings = Settings()
+    options = default_options(settings, timeout)
+    options = dataclasses.replace(
+        options,
+        worker_url=worker_url or options.worker_url,
+        metrics_url=metrics_url or options.metrics_url,
+        lag_warn=lag_warn,
+    )
+    checks = run_doctor(settings, options)
+    if json_output:
+        for check in checks:
+            typer.echo(json.dumps(check.as_json()))
+    else:
+        colours = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "red"}
+        table = Table("check", "status", "found", "what to do", title="omni doctor")
+        for check in checks:
+            colour = colours[check.status]
+            table.add_row(
+                check.name, f"[{colour}]{check.status.value}[/{colour}]", check.detail, check.action
+            )
+        out = Console()
+        out.width = max(out.width, 140)  # four columns of sentences: wrap less, read better
+        out.print(table)
+        failed = sum(check.status is Status.FAIL for check in checks)
+        warned = sum(check.status is Status.WARN for check in checks)
+        console.print(f"{len(checks)} checks: {failed} failed, {warned} warned")
+    raise typer.Exit(exit_code(checks, strict))
 
 
 def main() -> None:

@@ -4,10 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_STAMP := .cache/.system-deps
+# kustomize renders deploy/k8s/ for tests/unit/deploy/test_k8s.py: built from source
+# with the Go toolchain through the Go module proxy (no binary download), pinned here
+# (the test reads this line) and kept in .cache/bin under its version.
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE := .cache/bin/kustomize-$(KUSTOMIZE_VERSION)
 
 .PHONY: bootstrap up down status demo test test-unit test-integration lint bench chaos clean
 
-bootstrap: $(STAMP) $(SYSTEM_STAMP) ## virtualenv, package, redis-server, prometheus, Kafka jars
+bootstrap: $(STAMP) $(SYSTEM_STAMP) $(KUSTOMIZE) ## virtualenv, package, redis-server, prometheus, Kafka jars, kustomize
 	@$(PY) -m devstack kafka-jars
 
 # Three distributions, one venv: the contract (producers/ + schemas/), the worker
@@ -31,6 +36,13 @@ $(SYSTEM_STAMP):
 	@command -v mvn >/dev/null || { echo "Maven is needed to resolve the Kafka jars: install maven"; exit 1; }
 	@touch $@
 
+$(KUSTOMIZE):
+	@command -v go >/dev/null || { echo "Go 1.26+ is needed to build kustomize $(KUSTOMIZE_VERSION): install golang"; exit 1; }
+	@echo "building kustomize $(KUSTOMIZE_VERSION) into .cache/bin (go install, once)"
+	@rm -rf .cache/bin/.kustomize-build && mkdir -p .cache/bin/.kustomize-build
+	@GOBIN="$(abspath .cache/bin/.kustomize-build)" go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	@mv .cache/bin/.kustomize-build/kustomize $@ && rm -rf .cache/bin/.kustomize-build
+
 up: bootstrap ## start Kafka, Redis and the worker in the background; returns when ready
 	@$(PY) -m devstack up
 
@@ -50,7 +62,7 @@ lint: $(STAMP)
 test: bootstrap lint ## the whole suite: unit, schemas, deploy files, end-to-end on real Kafka+Redis
 	$(VENV)/bin/pytest -q
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(KUSTOMIZE)
 	$(VENV)/bin/pytest -q tests/unit
 
 test-integration: bootstrap

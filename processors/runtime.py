@@ -1,12 +1,20 @@
-"""What runs beside the agents: the Redis writer, health endpoints, and gauges.
+"""What runs beside the agents: the Redis writer, health endpoints, gauges, and the rules watch.
 
 The health server is ours rather than Faust's web server because Faust starts
 its own only after table recovery, and an orchestrator must see the worker
 alive (``/livez``) while it recovers, and not ready (``/readyz``) until it has.
+
+Rules reload on SIGHUP and, without a signal, when the rule files change: a
+Kubernetes ConfigMap update swaps the mount's ``..data`` symlink and sends
+nothing, so the folder is polled every ``RULES_POLL_SECONDS`` (a hash of the
+``*.yaml`` files' names and contents: a few KiB read) and a change goes through
+the same reload as SIGHUP.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import signal
 import time
@@ -27,6 +35,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often the rules folder is compared with what was last loaded.
+RULES_POLL_SECONDS = 5.0
+
+
+def rules_fingerprint(directory: Path) -> str | None:
+    """A hash of the names and contents of the ``*.yaml`` files a reload would read.
+
+    Follows symlinks (a ConfigMap's files are links through ``..data``), so a swapped
+    target is seen whatever its mtimes. ``None`` when the folder cannot be read now
+    (mid-update, removed): the watch then keeps what it has and looks again later.
+    """
+    if not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    try:
+        for path in sorted(directory.glob("*.yaml")):
+            content = path.read_bytes()
+            digest.update(path.name.encode() + b"\0" + str(len(content)).encode() + b"\0")
+            digest.update(content)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
 
 class WorkerRuntime(Service):
     def __init__(self, app: OmniApp, **kwargs: Any) -> None:
@@ -35,6 +66,12 @@ class WorkerRuntime(Service):
         self._runner: web.AppRunner | None = None
         #: Source partitions whose per-partition gauges are exported (removed on revoke).
         self._gauged: set[TP] = set()
+        #: The rule files as of the last load or reload attempt (the watch compares).
+        self._rules_seen = rules_fingerprint(self._rules_dir)
+
+    @property
+    def _rules_dir(self) -> Path:
+        return Path(self.app.pipeline.settings.rules_dir)
 
     def is_ready(self) -> bool:
         """Partitions assigned and tables recovered."""
@@ -71,6 +108,8 @@ class WorkerRuntime(Service):
         Runs on the event loop between agent batches (batches are processed without
         awaiting), so one batch never sees two rule sets. State is untouched.
         """
+        # Taken before reading: files changed during the load differ at the next look.
+        self._rules_seen = rules_fingerprint(self._rules_dir)
         pipeline = self.app.pipeline
         customer = pipeline.customer
         current = customer.ctx.ruleset
@@ -94,6 +133,29 @@ class WorkerRuntime(Service):
             len(ruleset.rules),
         )
         return True
+
+    def check_rules(self) -> bool | None:
+        """Reload when the rule files differ from the last load: the reload's outcome, or
+        ``None`` when nothing changed. A refused set is not retried until the files change
+        again (one error per change, not one per poll)."""
+        now = rules_fingerprint(self._rules_dir)
+        if now is None or now == self._rules_seen:
+            return None
+        log.info("Rule files changed in %s: reloading", self._rules_dir)
+        return self.reload_rules()
+
+    async def watch_rules(self, interval: float = RULES_POLL_SECONDS) -> None:
+        """Look at the rules folder every ``interval`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.check_rules()
+            except Exception:  # never let the watch die: SIGHUP still works
+                log.exception("Rules watch failed; looking again in %.0fs", interval)
+
+    @Service.task
+    async def _rules_watch(self) -> None:
+        await self.watch_rules()
 
     @Service.task
     async def _timer_tick(self) -> None:

@@ -425,3 +425,4 @@ class CustomerProcessor:
             ),
         )
         self.metrics.deadlettered(PROCESSING_ERROR).inc()
+        self.metrics.deadlettered_by_channel("none", PROCESSING_ERROR).inc()

@@ -114,3 +114,5 @@ class Ingest:
             ),
         )
         self.metrics.deadlettered(rejection.reason).inc()
+        channel = self.settings.touchpoint_topics.get(message.topic) or "none"
+        self.metrics.deadlettered_by_channel(channel, rejection.reason).inc()

@@ -54,6 +54,18 @@ class Metrics:
                 registry=r,
             )
         )
+        # The same dead letters by the channel of the source topic (touchpoint.<channel>;
+        # "none" for a topic that is not one, e.g. the customer step's processing_error),
+        # so a spike from one channel backend shows (and alerts) without being diluted by
+        # the others. Both labels are closed sets.
+        self.deadlettered_by_channel = Bound(
+            Counter(
+                "omni_events_deadlettered_by_channel",
+                "Messages sent to the dead-letter topic, by source channel and reason",
+                ["channel", "reason"],
+                registry=r,
+            )
+        )
         self.processed = Counter(
             "omni_events_processed", "Events folded into customer state", registry=r
         )
@@ -264,6 +276,12 @@ class Metrics:
                 ["result"],
                 registry=r,
             )
+        )
+        self.ruleset_reload_refused = Gauge(
+            "omni_ruleset_reload_refused",
+            "1 when the last rule set reload was refused (the rules on disk are not the ones "
+            "running), 0 after a successful one or a (re)start",
+            registry=r,
         )
         self.ruleset_info = Gauge(
             "omni_ruleset_info", "The running rule set (value 1)", ["ruleset"], registry=r

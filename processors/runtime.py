@@ -116,6 +116,7 @@ class WorkerRuntime(Service):
         ruleset, error = try_reload(Path(pipeline.settings.rules_dir), current)
         if error is not None:
             pipeline.metrics.ruleset_reloads("refused").inc()
+            pipeline.metrics.ruleset_reload_refused.set(1)
             log.error(
                 "Rule reload refused, still running rule set %s: %s", current.ruleset_id, error
             )
@@ -126,6 +127,7 @@ class WorkerRuntime(Service):
         pipeline.metrics.ruleset_info.remove(current.ruleset_id)
         pipeline.metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
         pipeline.metrics.ruleset_reloads("ok").inc()
+        pipeline.metrics.ruleset_reload_refused.set(0)
         log.info(
             "Rule set %s replaced by %s (%d rules)",
             current.ruleset_id,

@@ -22,11 +22,13 @@ CONFIG = PROM_DIR / "prometheus.yml"
 COMPOSE_CONFIG = PROM_DIR / "prometheus.compose.yml"
 ALERTS = PROM_DIR / "alerts.yml"
 ALERTS_TEST = PROM_DIR / "alerts_test.yml"
+RUNBOOK = ROOT / "deploy/runbook.md"
 
 #: What the worker exports (processors/metrics.py) and the alerts may use.
 WORKER_METRICS: dict[str, str] = {
     "omni_events_ingested_total": "counter",
     "omni_events_deadlettered_total": "counter",
+    "omni_events_deadlettered_by_channel_total": "counter",
     "omni_events_processed_total": "counter",
     "omni_events_duplicate_total": "counter",
     "omni_triggers_emitted_total": "counter",
@@ -42,6 +44,10 @@ WORKER_METRICS: dict[str, str] = {
     "omni_consumer_committed_lag_messages": "gauge",
     "omni_partition_stall_seconds": "gauge",
     "omni_partition_stalled": "gauge",
+    # Journeys and rules.
+    "omni_timer_lag_seconds": "histogram",
+    "omni_ruleset_reloads_total": "counter",
+    "omni_ruleset_reload_refused": "gauge",
 }
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 REQUIRED_ALERTS = {
@@ -54,6 +60,9 @@ REQUIRED_ALERTS = {
     "OmniWorkerNotReady",
     "OmniPartitionStalled",
     "OmniCommittedLagHigh",
+    "OmniDeadLetterSpike",
+    "OmniTimerLagHigh",
+    "OmniRulesetReloadRefused",
 }
 METRIC_NAME = re.compile(r"\bomni_\w+")
 
@@ -158,6 +167,33 @@ MUTATIONS = {
         "(min_over_time(omni_consumer_committed_lag_messages[10m]))",
         "(omni_consumer_committed_lag_messages)",
     ),
+    # Without the floor, a quiet channel that goes from 0.5 to 5 a minute fires.
+    "spike-without-floor": (
+        """{channel!="none"}[10m]))
+            > 0.1
+""",
+        """{channel!="none"}[10m]))
+            > 0
+""",
+    ),
+    # Without the baseline, a channel's usual trickle above the floor fires.
+    "spike-without-baseline": (
+        "            >\n              3 * (",
+        "            >\n              0 * (",
+    ),
+    # Without the fallback (`and` keeps the baseline only), a channel with no history
+    # waits 10 more minutes.
+    "spike-without-fallback": (
+        "\n                or\n                  0 * sum by (job, channel) (rate(",
+        "\n                and\n                  0 * sum by (job, channel) (rate(",
+    ),
+    # The customer step's processing_error is not a channel's spike.
+    "spike-counts-channel-none": ('{channel!="none"}', ""),
+    "timer-lag-threshold-10s": ("          ) > 5\n", "          ) > 10\n"),
+    "reload-refused-on-any-reload": (
+        "max by (job, instance) (omni_ruleset_reload_refused) == 1",
+        "max by (job, instance) (omni_ruleset_reload_refused) >= 0",
+    ),
 }
 
 
@@ -245,9 +281,8 @@ def test_every_alert_is_actionable() -> None:
         assert re.fullmatch(r"\d+[smh]", str(rule.get("for", ""))), f"{name} has no `for:`"
         assert rule.get("labels", {}).get("severity") in {"warning", "critical"}, name
         annotations = rule.get("annotations", {})
-        for key in ("summary", "description", "runbook"):
+        for key in ("summary", "description", "runbook_url"):
             assert annotations.get(key, "").strip(), f"{name} has no {key} annotation"
-        assert "Operations" in annotations["runbook"], f"{name}: runbook must name the section"
         assert len(annotations["description"]) > len(annotations["summary"]), (
             f"{name}: the description must say what to do, not repeat the summary"
         )
@@ -264,6 +299,9 @@ def test_alert_timings() -> None:
         "OmniTriggerLatencyHigh": "10m",
         "OmniPartitionStalled": "1m",
         "OmniCommittedLagHigh": "5m",
+        "OmniDeadLetterSpike": "10m",
+        "OmniTimerLagHigh": "10m",
+        "OmniRulesetReloadRefused": "1m",
     }
     for name, duration in expected_for.items():
         assert rules[name]["for"] == duration, f"{name}: for {rules[name]['for']}"
@@ -273,11 +311,48 @@ def test_alert_timings() -> None:
     assert "> 30" in rules["OmniReadModelLagging"]["expr"]
     assert "omni_partition_stalled" in rules["OmniPartitionStalled"]["expr"]
     assert "> 1000" in rules["OmniCommittedLagHigh"]["expr"]
+    spike = rules["OmniDeadLetterSpike"]["expr"]
+    assert "> 0.1" in spike and "3 * (" in spike and "[1d] offset 10m" in spike
+    assert "by (job, channel)" in spike
+    assert "histogram_quantile(0.99" in rules["OmniTimerLagHigh"]["expr"]
+    assert "> 5" in rules["OmniTimerLagHigh"]["expr"]
 
 
-def test_runbook_section_exists() -> None:
-    headings = re.findall(r"^#+\s+(.+?)\s*$", (ROOT / "README.md").read_text(), re.MULTILINE)
-    assert "Operations" in headings, "README.md has no Operations section for the runbooks"
+def runbook_sections() -> dict[str, str]:
+    """Anchor -> the text of its section (up to the next anchor)."""
+    parts = re.split(r'^<a id="([^"]+)"></a>\n', RUNBOOK.read_text(), flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    sections = runbook_sections()
+    names = [rule["alert"] for rule in alert_rules()]
+    for name in names:
+        url = rule_by_name(name)["annotations"]["runbook_url"]
+        assert url == f"deploy/runbook.md#{name}", f"{name}: runbook_url is {url!r}"
+        assert (ROOT / url.split("#")[0]).is_file()
+        assert name in sections, f'deploy/runbook.md has no <a id="{name}"> section'
+        section = sections[name]
+        assert section.startswith(f"## {name}\n"), f"{name}: the anchor must precede its heading"
+        for part in ("**Means**", "**Confirm**", "**Do**", "**Resolves**"):
+            assert part in section, f"runbook section {name} lacks {part}"
+    assert set(sections) == set(names), (
+        f"runbook sections without an alert: {sorted(set(sections) - set(names))}"
+    )
+
+
+def test_readme_operations_lists_every_alert_and_the_runbook() -> None:
+    readme = (ROOT / "README.md").read_text()
+    operations = readme.split("\n## Operations\n", 1)[1].split("\n## ", 1)[0]
+    assert "deploy/runbook.md" in operations
+    for rule in alert_rules():
+        name = rule["alert"]
+        assert f"`{name}`" in operations, f"README Operations does not list {name}"
+
+
+def rule_by_name(name: str) -> dict[str, Any]:
+    [rule] = [rule for rule in alert_rules() if rule["alert"] == name]
+    return rule
 
 
 def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
@@ -287,6 +362,11 @@ def test_every_alert_has_firing_and_quiet_unit_tests() -> None:
     for case in spec["tests"]:
         for check in case.get("alert_rule_test", []):
             (fires if check.get("exp_alerts") else quiet).add(check["alertname"])
+            for alert in check.get("exp_alerts") or []:
+                # The annotations are checked whole, runbook_url included.
+                assert alert["exp_annotations"]["runbook_url"] == (
+                    f"deploy/runbook.md#{check['alertname']}"
+                ), case["name"]
     names = {rule["alert"] for rule in alert_rules()}
     assert names <= fires, f"no test where these fire: {sorted(names - fires)}"
     assert names <= quiet, f"no test where these stay quiet: {sorted(names - quiet)}"

@@ -50,6 +50,8 @@ def test_an_event_that_raises_is_deadlettered_and_the_rest_goes_on(
     assert [d["reason"] for d in deadletters] == ["processing_error"]
     assert deadletters[0]["source"]["offset"] == 1
     assert "ValueError" in deadletters[0]["errors"][0]
+    # Not a channel's fault: counted under channel "none", so no channel's spike alert fires.
+    assert processor.metrics.deadlettered_by_channel("none", "processing_error")._value.get() == 1
     alice_state = orjson.loads(processor.records.get(b"alice", 0) or b"{}")
     # Before the bad event DE, after it the language: the bad event left no trace.
     assert alice_state["traits"]["home_country"] == "DE"

@@ -96,6 +96,7 @@ def test_a_bad_event_is_dead_lettered_with_its_reason_and_the_next_one_goes_on()
     assert letter["raw"] == "[1, 2]"
     assert producer.to(DEADLETTER)[0][1] == b"c2"
     assert step.metrics.deadlettered("not_an_object")._value.get() == 1
+    assert step.metrics.deadlettered_by_channel("web", "not_an_object")._value.get() == 1
 
 
 def test_a_message_on_a_topic_that_is_not_a_touchpoint_topic_is_a_channel_mismatch() -> None:

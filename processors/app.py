@@ -256,6 +256,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         writer=writer,
     )
     metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
+    metrics.know_rules(ruleset.rules)
     app.pipeline = Pipeline(
         settings=settings,
         metrics=metrics,

@@ -3,12 +3,40 @@ and bound once per label value, so the hot path only does an ``inc``."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Generic, TypeVar
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from processors.domain import reasons
+from schemas import REJECTION_REASONS
+
+if TYPE_CHECKING:
+    from processors.rulebook.model import CompiledRule
+
 M = TypeVar("M", Counter, Gauge, Histogram)
+
+#: Channels a ``preferred`` trigger can resolve to (profile ``preferred_channel``).
+PREFERRED_CHANNELS = ("sms", "email", "push")
+#: Reasons a decision can be suppressed with first (the ``reason`` label): grant refusals
+#: come second, after ``unauthorized``.
+FIRST_SUPPRESSION_REASONS = (
+    reasons.EXPIRED,
+    reasons.STALE,
+    reasons.CONSENT,
+    reasons.PROFILE,
+    reasons.COOLDOWN,
+    reasons.PAUSED,
+    reasons.FREQUENCY_CAP,
+    reasons.QUIET_HOURS,
+    reasons.ARBITRATION,
+    reasons.CONTROL_GROUP,
+    reasons.UNAUTHORIZED,
+)
+#: Offer outcomes a rule's conversion is computed from (dashboard, ``omni stats``).
+OFFER_OUTCOMES = ("emitted", "accepted", "declined", "ignored")
+#: ``reason`` labels of ``omni_read_model_writes_dropped`` (processors.projection.drop_reason).
+READ_MODEL_DROP_REASONS = ("wrong_type", "no_permission", "invalid_expire", "refused")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -286,3 +314,32 @@ class Metrics:
         self.ruleset_info = Gauge(
             "omni_ruleset_info", "The running rule set (value 1)", ["ruleset"], registry=r
         )
+        # Known label values start at 0, so a dashboard panel or a rate() over an idle
+        # worker shows 0 rather than "no data", and the first increment is a visible
+        # step from 0 (increase() misses a series' first sample).
+        for reason in REJECTION_REASONS:
+            self.deadlettered(reason)
+        for reason in READ_MODEL_DROP_REASONS:
+            self.read_model_writes_dropped(reason)
+        for result in ("ok", "refused"):
+            self.ruleset_reloads(result)
+
+    def know_rules(self, rules: Iterable[CompiledRule]) -> None:
+        """Start each rule's label values at 0 (at start and after a reload).
+
+        Bounded by the rule files (rules x their few channels), never by customers.
+        A rule dropped by a reload keeps its series until restart, like its counts.
+        """
+        for rule in rules:
+            channels = {rule.channel}
+            if rule.channel == "preferred":
+                channels = {*PREFERRED_CHANNELS, rule.fallback_channel or "email"}
+            for channel in sorted(channels):
+                self.triggers(rule.trigger_type, channel)
+                for outcome in OFFER_OUTCOMES:
+                    self.offer_outcomes(rule.id, channel, outcome)
+                self.offer_accepted_value(rule.id, channel)
+            for reason in FIRST_SUPPRESSION_REASONS:
+                self.suppressed(rule.trigger_type, reason)
+            self.rule_errors(rule.id)
+            self.trigger_latency(rule.trigger_type)

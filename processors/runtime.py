@@ -126,6 +126,7 @@ class WorkerRuntime(Service):
         customer.ctx = step_context(pipeline.settings, ruleset)
         pipeline.metrics.ruleset_info.remove(current.ruleset_id)
         pipeline.metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
+        pipeline.metrics.know_rules(ruleset.rules)
         pipeline.metrics.ruleset_reloads("ok").inc()
         pipeline.metrics.ruleset_reload_refused.set(0)
         log.info(

@@ -31,7 +31,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-REQUIRED_SERVICES = {"kafka", "redis", "topics", "worker", "prometheus"}
+REQUIRED_SERVICES = {"kafka", "redis", "topics", "worker", "prometheus", "grafana"}
 #: Services that run once and exit; every other service runs for good.
 ONE_SHOT = {"topics"}
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
@@ -344,6 +344,45 @@ def test_prometheus_uses_the_compose_config(services: dict[str, dict[str, Any]])
     scrape = yaml.safe_load(local.read_text())["scrape_configs"]
     targets = [t for job in scrape for sc in job["static_configs"] for t in sc["targets"]]
     assert f"worker:{DEFAULTS['metrics_port']}" in targets
+
+
+def test_grafana_is_provisioned_from_the_repo(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    grafana = services["grafana"]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in grafana["volumes"]}
+    assert mounts.get("/etc/grafana/provisioning") == "./deploy/grafana/provisioning"
+    assert mounts.get("/var/lib/grafana/dashboards") == "./deploy/grafana/dashboards"
+    # Grafana's own state (users, preferences) survives `down`/`up` like the others.
+    assert mounts.get("/var/lib/grafana") in compose["volumes"]
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    assert published(grafana) == {3000: 3000}
+    assert "/api/health" in " ".join(grafana["healthcheck"]["test"])
+    assert grafana["image"].startswith("grafana/grafana:")
+
+    provisioning = ROOT / "deploy/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())[
+        "datasources"
+    ]
+    prometheus_port = next(iter(published(services["prometheus"])))
+    assert source["type"] == "prometheus"
+    assert source["url"] == f"http://prometheus:{prometheus_port}", "the compose service"
+    (provider,) = yaml.safe_load((provisioning / "dashboards/omni.yml").read_text())["providers"]
+    path = provider["options"]["path"]
+    assert path == "/var/lib/grafana/dashboards", "the provider reads the mounted dashboards"
+    home = env_of(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(path + "/")
+    dashboard = json.loads(
+        (ROOT / "deploy/grafana/dashboards" / home.removeprefix(path + "/")).read_text()
+    )
+    # Every panel and target names the provisioned data source by its fixed uid.
+    uids = {
+        d["datasource"]["uid"] for panel in dashboard["panels"] for d in (panel, *panel["targets"])
+    }
+    assert uids == {source["uid"]}
+    # $__rate_interval is at least 4 scrapes only if Grafana knows the scrape interval.
+    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.compose.yml").read_text())
+    assert source["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
 
 
 def test_images_are_pinned(services: dict[str, dict[str, Any]]) -> None:

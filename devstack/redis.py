@@ -192,13 +192,7 @@ def url_answers(url: str, ca_file: str | Path | None = None, timeout: float = 1.
     options: dict[str, object] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if ca_file is not None:
         options["ssl_ca_certs"] = str(ca_file)
-    client = redis_py.Redis.from_url(url, **options)
-    try:
-        return bool(client.ping())
-    except redis_py.RedisError:
-        return False
-    finally:
-        client.close()
+    return _answers(redis_py.Redis.from_url(url, **options))
 
 
 def redis_answers(host: str, port: int, password: str | None = None, timeout: float = 1.0) -> bool:
@@ -210,6 +204,10 @@ def redis_answers(host: str, port: int, password: str | None = None, timeout: fl
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )
+    return _answers(client)
+
+
+def _answers(client: redis_py.Redis) -> bool:
     try:
         return bool(client.ping())
     except redis_py.RedisError:

@@ -376,16 +376,8 @@ def up_secure_redis(settings: Settings, paths: StackPaths, say: Say) -> dict[str
             f"Port {port} is taken; a secured stack never reuses a Redis it did not start. "
             "Free the port or set OMNI_REDIS_URL=redis://127.0.0.1:<free port>/0."
         )
-    server = LocalRedis(port, paths.redis_dir, secure=True)
-    server.start()
-    assert server.pid is not None and server.access is not None
-    write_pidfile(paths.redis_pid, server.pid)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        paths.redis_pid.unlink(missing_ok=True)
-        raise
+    server = start_redis(LocalRedis(port, paths.redis_dir, secure=True), paths)
+    assert server.access is not None
     say(line("redis", "started", shown, f"pid {server.pid}, users and TLS"))
     say(line("redis", "clients", str(paths.redis_dir / "<worker|channel|till>.env")))
     return server.access.client_env(WORKER_USER.role)
@@ -436,7 +428,12 @@ def up_redis(settings: Settings, paths: StackPaths, say: Say) -> None:
             "(with the password from OMNI_REDIS_URL, if any). Free the port, fix the "
             "password in OMNI_REDIS_URL, or set OMNI_REDIS_URL=redis://127.0.0.1:<free port>/0."
         )
-    server = LocalRedis(target.port, paths.redis_dir, password=target.password)
+    server = start_redis(LocalRedis(target.port, paths.redis_dir, password=target.password), paths)
+    say(line("redis", "started", shown, f"pid {server.pid}"))
+
+
+def start_redis(server: LocalRedis, paths: StackPaths) -> LocalRedis:
+    """Start ``server``, record its pid, wait until it answers (stopped again if it never does)."""
     server.start()
     assert server.pid is not None
     write_pidfile(paths.redis_pid, server.pid)
@@ -446,7 +443,7 @@ def up_redis(settings: Settings, paths: StackPaths, say: Say) -> None:
         server.stop()
         paths.redis_pid.unlink(missing_ok=True)
         raise
-    say(line("redis", "started", shown, f"pid {server.pid}"))
+    return server
 
 
 def down_redis(paths: StackPaths, say: Say) -> None:

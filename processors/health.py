@@ -12,6 +12,13 @@ for ``stall_seconds``. The clock starts when progress was last made or when the
 lag appeared, whichever is later, so a partition that was idle for hours and
 just received a message is not stalled, and an idle partition (no lag) never is.
 
+It is also stalled when its **commit** stays put for ``stall_seconds`` while
+processing has passed it: an offset was delivered and never acknowledged, and the
+consumer never commits past such an offset (processors/transport.py), so every
+later batch piles up uncommitted. Processing looks healthy; only a restart (the
+partition is read again from its committed offset) moves it. While Redis is down
+commits pause by design: :func:`liveness` tells that case apart.
+
 Offsets follow Kafka's conventions: ``processed`` takes the offset *of* the last
 message handled; ``committed``, ``start`` and ``observe``'s highwater take the
 offset of the *next* message (a committed offset of 10 means 0-9 are done, a
@@ -48,6 +55,16 @@ class _Partition:
     done: int | None = None
     #: Since when the partition has had lag without progress; None = no lag.
     since: float | None = None
+    #: Since when the committed offset has stayed put with processing past it; None =
+    #: nothing processed beyond the commit.
+    commit_behind_since: float | None = None
+
+    def commit_behind(self) -> bool:
+        return (
+            self.committed is not None
+            and self.processed is not None
+            and self.processed >= self.committed
+        )
 
     def next_offset(self) -> int | None:
         known = [o for o in (self.committed, self.start) if o is not None]
@@ -68,6 +85,9 @@ class Stall:
     tp: TP
     lag: int
     seconds: float
+    #: ``processing`` (no batch handled) or ``commit`` (batches handled, the committed
+    #: offset stuck at an offset never acknowledged).
+    kind: str = "processing"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +95,7 @@ class Stall:
             "partition": self.tp.partition,
             "lag": self.lag,
             "seconds_without_progress": round(self.seconds, 1),
+            "stalled": self.kind,
         }
 
 
@@ -103,6 +124,8 @@ class PartitionProgress:
         if part.processed is None or offset > part.processed:
             part.processed = offset
             self._advance(part, now)
+            if part.commit_behind_since is None and part.commit_behind():
+                part.commit_behind_since = time.monotonic() if now is None else now
 
     def processed_events(self, events: Iterable[EventT], now: float | None = None) -> None:
         """``processed`` for a handled agent batch: the last offset of each partition in it."""
@@ -123,6 +146,11 @@ class PartitionProgress:
         if part.committed is None or offset > part.committed:
             part.committed = offset
             self._advance(part, now)
+            # The commit moved: its clock restarts (or stops, once it caught up).
+            behind = part.commit_behind()
+            part.commit_behind_since = (
+                (time.monotonic() if now is None else now) if behind else None
+            )
 
     def start(self, tp: TP, offset: int, now: float | None = None) -> None:
         """Where the worker began reading ``tp`` when the group had no committed offset."""
@@ -149,6 +177,8 @@ class PartitionProgress:
         for part in self._parts.values():
             if part.since is not None:
                 part.since = now
+            if part.commit_behind_since is not None:
+                part.commit_behind_since = now
 
     def forget(self, tps: Iterable[TP]) -> None:
         """Drop revoked partitions: another worker owns their progress now."""
@@ -199,14 +229,18 @@ class PartitionProgress:
         return max(0.0, now - part.since)
 
     def stalls(self, now: float, stall_seconds: float) -> list[Stall]:
-        """Partitions with lag and no processing progress for ``stall_seconds``."""
+        """Partitions with lag and no processing progress for ``stall_seconds``, or whose
+        committed offset stayed behind processing that long."""
         found = []
         for tp, part in self._parts.items():
-            if part.since is None or now - part.since < stall_seconds:
-                continue
             lag = part.lag()
-            if lag:
+            if part.since is not None and now - part.since >= stall_seconds and lag:
                 found.append(Stall(tp, lag, now - part.since))
+                continue
+            behind = part.commit_behind_since
+            if behind is not None and now - behind >= stall_seconds and part.commit_behind():
+                committed_lag = self.committed_lag(tp) or 0
+                found.append(Stall(tp, committed_lag, now - behind, "commit"))
         return sorted(found, key=lambda stall: (stall.tp.topic, stall.tp.partition))
 
     def stalled(self, now: float, stall_seconds: float) -> list[TP]:
@@ -222,7 +256,8 @@ def liveness(
     while the Redis read model has been behind for at least as long as the stall
     threshold: then the stall is back-pressure from Redis (batches wait for it
     before their offsets can move), a restart cannot fix that, and restarting in a
-    loop during an outage would only replay work. Readiness, metrics and the
+    loop during an outage would only replay work. A stuck commit is Redis's doing
+    whenever the read model is behind at all (commits follow its writes). Readiness, metrics and the
     OmniPartitionStalled / OmniReadModelLagging alerts still say so.
     """
     if not stalls:
@@ -231,7 +266,7 @@ def liveness(
         "stall_seconds": stall_seconds,
         "stalled": [stall.as_json() for stall in stalls],
     }
-    if read_model_lag_seconds >= stall_seconds:
+    if all(_waits_for_redis(stall, stall_seconds, read_model_lag_seconds) for stall in stalls):
         return 200, {
             "live": True,
             "waiting_for": "redis",
@@ -239,3 +274,14 @@ def liveness(
             **body,
         }
     return 503, {"live": False, **body}
+
+
+#: Read-model lag (s) from which a stuck commit is Redis's: commits wait for its writes,
+#: which land within milliseconds while it is up.
+COMMIT_WAITS_FOR_REDIS_SECONDS = 1.0
+
+
+def _waits_for_redis(stall: Stall, stall_seconds: float, read_model_lag_seconds: float) -> bool:
+    if stall.kind == "commit":
+        return read_model_lag_seconds >= COMMIT_WAITS_FOR_REDIS_SECONDS
+    return read_model_lag_seconds >= stall_seconds

@@ -69,16 +69,37 @@ class TestStalls:
         progress.processed(EVENTS, 3, now=STALL - 1)
         assert progress.stalled(STALL, STALL) == [EVENTS]
 
-    def test_commits_paused_while_processing_goes_on_is_not_a_stall(self) -> None:
-        # Redis down: offsets are not committed, the agent keeps processing.
+    def test_commits_paused_while_processing_goes_on_is_no_processing_stall(self) -> None:
+        # Redis down: offsets are not committed, the agent keeps processing. Only the
+        # commit is stuck, and liveness excuses that while the read model is behind.
         progress = tracker_at(processed=9, highwater=10)
         progress.committed(EVENTS, 10, now=0.0)
         for minute in range(1, 11):
             now = 60.0 * minute
             progress.observe(EVENTS, 10 + 100 * minute, now)
             progress.processed(EVENTS, 5 + 100 * minute, now)
-            assert progress.stalled(now, STALL) == []
+            assert [s.kind for s in progress.stalls(now, STALL)] == (
+                ["commit"] if now - 60.0 >= STALL else []  # processed past it since 60 s
+            )
+            assert liveness(progress.stalls(now, STALL), STALL, now)[0] == 200
         assert progress.committed_lag(EVENTS) == 1_000
+
+    def test_a_commit_stuck_behind_processing_is_a_stall(self) -> None:
+        # An offset delivered and never acknowledged: later batches are processed, the
+        # commit never passes it. Only a restart (read again from the commit) moves it.
+        progress = tracker_at(processed=9, highwater=10)
+        progress.committed(EVENTS, 10, now=0.0)
+        progress.processed(EVENTS, 30, now=1.0)
+        progress.observe(EVENTS, 31, now=1.0)
+        assert progress.stalls(STALL - 1, STALL) == []
+        [stall] = progress.stalls(STALL + 1, STALL)
+        assert (stall.kind, stall.lag, stall.seconds) == ("commit", 21, STALL)  # since 1.0
+        status, body = liveness([stall], STALL, read_model_lag_seconds=0.0)
+        assert status == 503 and body["stalled"][0]["stalled"] == "commit"
+        progress.committed(EVENTS, 25, now=STALL + 2)  # the commit moves: not stalled
+        assert progress.stalls(STALL + 3, STALL) == []
+        progress.committed(EVENTS, 31, now=STALL + 4)  # caught up with processing
+        assert progress.stalls(10 * STALL, STALL) == []
 
     def test_a_commit_past_the_last_reported_batch_is_progress(self) -> None:
         progress = tracker_at(processed=9, highwater=100)
@@ -163,6 +184,7 @@ class TestLiveness:
                     "partition": 0,
                     "lag": 6,
                     "seconds_without_progress": 130.0,
+                    "stalled": "processing",
                 }
             ],
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -114,7 +114,21 @@ def align_topic_configs(
     )
     changes = []
     for resource, future in described.items():
-        current = future.result()
+        try:
+            current = future.result()
+        except KafkaException as exc:
+            if not _not_authorized(exc):
+                raise
+            # A least-privilege worker may not read topic configs: topic configs are the
+            # admin's (`python -m processors topics` as an admin principal, the topics Job).
+            log.warning(
+                "Topic configs of %s not checked: this principal may not describe them (%s). "
+                "Run `python -m processors topics` as an admin principal to align retention "
+                "and compaction",
+                resource.name,
+                exc.args[0].name(),
+            )
+            continue
         differs = {
             key: value
             for key, value in wanted[resource.name].items()
@@ -132,8 +146,31 @@ def align_topic_configs(
             )
     if not changes:
         return []
-    for future in admin.incremental_alter_configs(changes, request_timeout=timeout).values():
-        future.result()
-    changed = sorted(resource.name for resource in changes)
+    changed = []
+    altered = admin.incremental_alter_configs(changes, request_timeout=timeout)
+    for resource, future in altered.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if not _not_authorized(exc):
+                raise
+            log.warning(
+                "Topic configs of %s differ from the settings but this principal may not "
+                "alter them (%s). Run `python -m processors topics` as an admin principal",
+                resource.name,
+                exc.args[0].name(),
+            )
+            continue
+        changed.append(resource.name)
+    changed.sort()
+    if not changed:
+        return []
     log.info("Aligned topic configs (retention, compaction) of: %s", ", ".join(changed))
     return changed
+
+
+def _not_authorized(exc: KafkaException) -> bool:
+    return exc.args[0].code() in (
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    )

@@ -21,7 +21,7 @@ from faust.types.transports import TransportT
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from processors.batching import adaptive_batches, without_acks
-from processors.checkpoint import Checkpoint, CheckpointedTable, CommittedOffsets
+from processors.checkpoint import Checkpoint, CommittedOffsets
 from processors.customer import CustomerProcessor
 from processors.domain.contact import ContactPolicy
 from processors.domain.policy import DAY, Policy
@@ -33,8 +33,10 @@ from processors.metrics import Metrics
 from processors.monitor import LeanMonitor
 from processors.output import OutputProducer, TableWriter
 from processors.projection import ReadModelWriter
+from processors.restore import RestoreProgress
 from processors.rulebook import RuleSet, load_ruleset
 from processors.settings import TRIGGER_CHANNELS, Settings
+from processors.store import CheckpointedTable
 from processors.topics import changelog_configs
 from processors.transport import new_transport
 from producers.config import KafkaSecurity
@@ -71,6 +73,8 @@ class Pipeline:
     #: Health: processed/committed/highwater offsets per source partition; /livez
     #: fails on a stalled one. Agents call processed(), the commit path committed().
     progress: PartitionProgress
+    #: Bulk changelog restores running now (processors/restore.py): not ready meanwhile.
+    restore_progress: RestoreProgress
 
 
 class OmniApp(FaustApp):
@@ -267,6 +271,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         source_topics=frozenset([*settings.touchpoint_topics, settings.customer_events_topic]),
         customer=customer,
         progress=progress,
+        restore_progress=RestoreProgress(),
     )
     batch_size = metrics.batch_events
     batch_seconds = metrics.batch_seconds

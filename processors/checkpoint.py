@@ -22,9 +22,9 @@ of the batch that made it; timers fire from input records too, see
 :mod:`processors.customer`), and every commit carries
 ``omni1:<generation>:<start>`` where ``start`` is the committed offset when
 that generation took the partition. :func:`record_is_committed` is the rule
-recovery (:class:`CheckpointedStore`) and ``omni redis rebuild`` apply: a
-record of an uncommitted batch, or one written late by a worker whose
-generation has moved on (resumed after SIGSTOP), is skipped.
+recovery (:mod:`processors.store`, in bulk and record by record) and
+``omni redis rebuild`` apply: a record of an uncommitted batch, or one written
+late by a worker whose generation has moved on (resumed after SIGSTOP), is skipped.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, TopicPartition
-from faust.types import TP, EventT
+from faust.types import TP
 from rocksdict import WriteBatch
 
-from processors.faust_adapter import CHANGELOG_OFFSET_KEY, FaustRocksDBStore, FaustTable
+from processors.faust_adapter import CHANGELOG_OFFSET_KEY
 
 if TYPE_CHECKING:
     from processors.output import Headers, OutputProducer, TableWriter
@@ -315,63 +315,48 @@ class Checkpoint:
 # --- recovery ------------------------------------------------------------------------
 
 
-class CheckpointedStore(FaustRocksDBStore):
-    """Faust's RocksDB store whose changelog recovery skips uncommitted records."""
+class ChangelogWrites:
+    """Changelog records as RocksDB writes, by the checkpoint's rule: one ``WriteBatch``
+    per partition with the records of committed checkpoints and the persisted offset.
 
-    def apply_changelog_batch(
-        self,
-        batch: Iterable[EventT],
-        to_key: Callable[[Any], Any],
-        to_value: Callable[[Any], Any],
+    Records of one changelog topic (a table's); partition p's records belong to input
+    partition p, whose committed position ``committed(p)`` gives.
+    """
+
+    def __init__(self, committed: Callable[[int], CommittedPosition | None]) -> None:
+        self._committed = committed
+        self._batches: dict[int, WriteBatch] = {}
+        self._last_offsets: dict[int, int] = {}
+        self.records = 0
+        self.skipped = 0
+
+    def add(
+        self, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: Any
     ) -> None:
-        checkpoint: Checkpoint = self.app.pipeline.checkpoint  # type: ignore[attr-defined]
-        batches: dict[int, WriteBatch] = {}
-        last_offsets: dict[TP, int] = {}
-        skipped = 0
-        for event in batch:
-            message = event.message
-            tp = message.tp
-            last_offsets[tp] = max(message.offset, last_offsets.get(tp, -1))
-            committed = checkpoint.committed_position(message.partition)
-            if not record_is_committed(header_value(message.headers), committed):
-                skipped += 1
-                continue
-            write = batches.get(message.partition)
-            if write is None:
-                write = batches[message.partition] = WriteBatch(raw_mode=True)
-            key = cast(bytes, message.key)
-            if message.value is None:
-                write.delete(key)
-            else:
-                write.put(key, message.value)
-        for tp, offset in last_offsets.items():
-            write = batches.get(tp.partition)
-            if write is None:
-                write = batches[tp.partition] = WriteBatch(raw_mode=True)
+        self.records += 1
+        self._last_offsets[partition] = max(offset, self._last_offsets.get(partition, -1))
+        if not record_is_committed(header_value(headers), self._committed(partition)):
+            self.skipped += 1
+            return
+        write = self._batch(partition)
+        if value is None:
+            write.delete(key or b"")
+        else:
+            write.put(key or b"", value)
+
+    def _batch(self, partition: int) -> WriteBatch:
+        write = self._batches.get(partition)
+        if write is None:
+            write = self._batches[partition] = WriteBatch(raw_mode=True)
+        return write
+
+    def write(self, db_for: Callable[[int], Any]) -> None:
+        """One write per partition: the records and, in the same write, the persisted offset."""
+        for partition, offset in self._last_offsets.items():
             # Past the skipped records too: they stay uncommitted for good (their input is
             # redone by this or a later generation, which writes the keys again).
-            write.put(CHANGELOG_OFFSET_KEY, str(offset).encode())
-        for partition, write in batches.items():
-            self.partition_db(partition).write(write)
-        if skipped:
-            checkpoint.skipped_on_recovery(skipped)
-
-
-class CheckpointedTable(FaustTable):
-    """A table on :class:`CheckpointedStore` (Faust's ``Table`` app setting)."""
-
-    def new_store(self, url: Any) -> Any:
-        if str(url).startswith("rocksdb:"):
-            return CheckpointedStore(
-                url,
-                self.app,
-                self,
-                table_name=self.name,
-                key_type=self.key_type,
-                key_serializer=self.key_serializer,
-                value_serializer=self.value_serializer,
-                value_type=self.value_type,
-                loop=self.loop,
-                options=self.options,
-            )
-        return super().new_store(url)
+            self._batch(partition).put(CHANGELOG_OFFSET_KEY, str(offset).encode())
+        for partition, write in self._batches.items():
+            db_for(partition).write(write)
+        self._batches = {}
+        self._last_offsets = {}

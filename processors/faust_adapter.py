@@ -283,6 +283,11 @@ def recovery_completed(app: AppT) -> bool:
     return cast("TableManager", app.tables).recovery.completed.is_set()
 
 
+def assigned_standbys(app: AppT) -> set[TP]:
+    """The changelog partitions this worker holds as standby replicas now."""
+    return set(app.assignor.assigned_standbys())
+
+
 def recovery_remaining(app: AppT) -> int:
     """Changelog records left to recover for the active tables."""
     return cast(int, cast("TableManager", app.tables).recovery.active_remaining_total())

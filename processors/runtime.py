@@ -78,7 +78,10 @@ class WorkerRuntime(Service):
         app = self.app
         try:
             return (
-                not app.rebalancing and recovery_completed(app) and bool(app.consumer.assignment())
+                not app.rebalancing
+                and not app.pipeline.restore_progress.busy
+                and recovery_completed(app)
+                and bool(app.consumer.assignment())
             )
         except Exception:  # consumer not started yet
             return False
@@ -229,7 +232,9 @@ class WorkerRuntime(Service):
         metrics.ready.set(1 if ready else 0)
         metrics.read_model_lag.set(pipeline.writer.lag_seconds)
         try:
-            metrics.recovery_remaining.set(recovery_remaining(self.app))
+            metrics.recovery_remaining.set(
+                recovery_remaining(self.app) + pipeline.restore_progress.remaining
+            )
             consumer = self.app.consumer
             assigned = {tp for tp in consumer.assignment() if tp.topic in pipeline.source_topics}
             self._forget_partitions(self._gauged - assigned)

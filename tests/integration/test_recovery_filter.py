@@ -110,6 +110,10 @@ def test_records_of_uncommitted_checkpoints_are_skipped(
     assert re.search(r"^omni_changelog_records_skipped_total [1-9]", worker.metrics(), re.M), (
         "recovery applied a record of an uncommitted checkpoint"
     )
+    # The start-up's bulk restore read the changelog (processors/restore.py), not Faust.
+    assert re.search(r"Restored \d+ records of \S+customers-changelog", worker.log_tail(400)), (
+        worker.log_tail(40)
+    )
     # The restored state still says DE: attaching in DE is home, no roaming offer; FR is.
     home = make_event(cid, "telco", "telco.network_attached", {"country": "DE"})
     abroad = make_event(cid, "telco", "telco.network_attached", {"country": "FR"})

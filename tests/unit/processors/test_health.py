@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from processors.health import PartitionProgress, Stall, liveness
 from processors.metrics import Metrics
+from processors.restore import RestoreProgress
 from processors.runtime import WorkerRuntime
 from processors.settings import Settings
 
@@ -234,6 +235,7 @@ def runtime() -> WorkerRuntime:
         registry=registry,  # for the test's reads
         metrics=Metrics(registry),
         progress=PartitionProgress(),
+        restore_progress=RestoreProgress(),
         writer=SimpleNamespace(lag_seconds=0.0),
         source_topics=frozenset([EVENTS.topic, WEB.topic]),
     )

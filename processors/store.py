@@ -1,0 +1,173 @@
+"""The tables' RocksDB store: checkpointed recovery, bulk restore, options that hold.
+
+Faust keeps each table partition in its own RocksDB database. Three things differ here:
+
+- recovery applies the checkpoint's rule (:class:`processors.checkpoint.ChangelogWrites`):
+  changelog records of uncommitted checkpoints are skipped;
+- a newly assigned active partition is first restored in bulk
+  (:mod:`processors.restore`), so Faust's record-by-record recovery reads only the tail;
+- every open passes the configured options for the default column family too: rocksdict
+  reopens an existing database with the options saved in its OPTIONS file, which cannot
+  hold a block cache or a bloom filter (a reopened store got an 8 MiB cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import rocksdict
+from faust.stores.rocksdb import RocksDBOptions
+from faust.types import TP, EventT
+
+from processors.checkpoint import ChangelogWrites
+from processors.faust_adapter import FaustRocksDBStore, FaustTable, assigned_standbys
+from processors.restore import RestoreTarget, restore_partitions
+
+if TYPE_CHECKING:
+    from processors.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
+
+
+class StoreOptions(RocksDBOptions):
+    """Faust's RocksDB options, applied to the default column family on every open."""
+
+    def open(self, path: Path, *, read_only: bool = False) -> Any:
+        if not self.use_rocksdict:
+            return super().open(path, read_only=read_only)
+        options = self.as_options()
+        options.set_db_paths([rocksdict.DBPath(str(path), self.target_file_size_base)])
+        access = (
+            rocksdict.AccessType.read_write()
+            if self.ttl is None
+            else rocksdict.AccessType.with_ttl(self.ttl)
+        )
+        db = rocksdict.Rdict(
+            str(path),
+            options=options,
+            # Without this an existing database's column families are opened with the
+            # options loaded from its OPTIONS file: default block cache, no bloom filter.
+            column_families={"default": self.as_options()},
+            access_type=access,
+        )
+        db.set_read_options(rocksdict.ReadOptions())
+        return db
+
+
+class CheckpointedStore(FaustRocksDBStore):
+    """Faust's RocksDB store whose changelog recovery skips uncommitted records.
+
+    A newly assigned active partition is restored in bulk first
+    (:mod:`processors.restore`); Faust's recovery reads what is left.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        base = self.rocksdb_options
+        self.rocksdb_options = StoreOptions(
+            max_open_files=base.max_open_files,
+            write_buffer_size=base.write_buffer_size,
+            max_write_buffer_number=base.max_write_buffer_number,
+            target_file_size_base=base.target_file_size_base,
+            block_cache_size=base.block_cache_size,
+            block_cache_compressed_size=base.block_cache_compressed_size,
+            bloom_filter_size=base.bloom_filter_size,
+            use_rocksdict=base.use_rocksdict,
+            ttl=base.ttl,
+            **base.extra_options,
+        )
+
+    def _checkpoint(self) -> Checkpoint:
+        return cast("Checkpoint", self.app.pipeline.checkpoint)  # type: ignore[attr-defined]
+
+    def apply_changelog_batch(
+        self,
+        batch: Iterable[EventT],
+        to_key: Callable[[Any], Any],
+        to_value: Callable[[Any], Any],
+    ) -> None:
+        checkpoint = self._checkpoint()
+        writes = ChangelogWrites(checkpoint.committed_position)
+        for event in batch:
+            message = event.message
+            writes.add(
+                message.partition,
+                message.offset,
+                cast("bytes | None", message.key),
+                cast("bytes | None", message.value),
+                message.headers,
+            )
+        writes.write(self.partition_db)
+        if writes.skipped:
+            checkpoint.skipped_on_recovery(writes.skipped)
+
+    async def on_rebalance(
+        self,
+        assigned: set[TP],
+        revoked: set[TP],
+        newly_assigned: set[TP],
+        generation_id: int = 0,
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        topic = self.table.changelog_topic.get_topic_name()
+        standbys = assigned_standbys(self.app)
+        partitions = sorted(
+            tp.partition for tp in newly_assigned if tp.topic == topic and tp not in standbys
+        )
+        if partitions:
+            await self._restore(topic, partitions)
+
+    async def _restore(self, topic: str, partitions: list[int]) -> None:
+        checkpoint = self._checkpoint()
+        targets = []
+        for partition in partitions:
+            persisted = self.persisted_offset(TP(topic, partition))
+            start = 0 if persisted is None else persisted + 1
+            targets.append(RestoreTarget(topic, partition, start))
+        # The committed positions first, on this thread: the checkpoint's cache is not
+        # shared with the restore's thread.
+        committed = {p: checkpoint.committed_position(p) for p in partitions}
+        pipeline = self.app.pipeline  # type: ignore[attr-defined]
+        result = await asyncio.to_thread(
+            restore_partitions,
+            pipeline.settings.kafka_client_config(),
+            targets,
+            self.partition_db,
+            committed.__getitem__,
+            pipeline.restore_progress,
+        )
+        if result.records:
+            log.info(
+                "Restored %d records of %s partitions %s in %.1f s (%.0f records/s)",
+                result.records,
+                topic,
+                partitions,
+                result.seconds,
+                result.records_per_second,
+            )
+        if result.skipped:
+            checkpoint.skipped_on_recovery(result.skipped)
+
+
+class CheckpointedTable(FaustTable):
+    """A table on :class:`CheckpointedStore` (Faust's ``Table`` app setting)."""
+
+    def new_store(self, url: Any) -> Any:
+        if str(url).startswith("rocksdb:"):
+            return CheckpointedStore(
+                url,
+                self.app,
+                self,
+                table_name=self.name,
+                key_type=self.key_type,
+                key_serializer=self.key_serializer,
+                value_serializer=self.value_serializer,
+                value_type=self.value_type,
+                loop=self.loop,
+                options=self.options,
+            )
+        return super().new_store(url)

@@ -308,6 +308,20 @@ def test_not_ready_never_fails_livez(
     assert livez(runtime)[0] == 200
 
 
+def test_not_ready_while_a_bulk_restore_runs(runtime: WorkerRuntime) -> None:
+    consumer: FakeConsumer = runtime.app.consumer  # type: ignore[assignment]
+    consumer.highwaters = {EVENTS: 50}
+    assert runtime.is_ready()
+    restores = runtime.app.pipeline.restore_progress
+    restores.started(remaining=1_000)
+    assert not runtime.is_ready()
+    restores.advanced(400)
+    assert restores.remaining == 600
+    restores.finished(left=600, skipped=3)
+    assert runtime.is_ready()
+    assert (restores.remaining, restores.records, restores.skipped) == (0, 400, 3)
+
+
 def test_new_group_asks_for_the_log_start_once(runtime: WorkerRuntime) -> None:
     consumer: FakeConsumer = runtime.app.consumer  # type: ignore[assignment]
     consumer.highwaters = {EVENTS: 50, WEB: 0, TP("touchpoint.sms", 1): None}

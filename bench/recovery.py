@@ -434,11 +434,14 @@ MARKERS = {
     "highwaters": "Highwater for active changelog partitions",
     "starts": "active offsets at start of reading",
     "reading": "Restoring state from changelog topics",
+    # The worker's bulk restore (processors/restore.py) before Faust's recovery.
+    "restore": "Bulk restore of",
     "read": "Done reading from changelog topics",
     "ready": "Worker ready",
     "timer_index": "Timer index rebuilt for partitions",
 }
 _TIMER_INDEX = re.compile(r"Timer index rebuilt for partitions .*: (\d+) customers in ([\d.]+)s")
+_RESTORED = re.compile(r"Restored (\d+) records of ")
 
 
 @dataclass
@@ -449,12 +452,24 @@ class WorkerLog:
     highwaters: dict[tuple[str, int], int] = field(default_factory=dict)
     starts: dict[tuple[str, int], int] = field(default_factory=dict)
     timer_index: tuple[int, float] | None = None
+    #: Records the bulk restore read, and when its last table finished.
+    restored_records: int = 0
+    restored_at: float | None = None
 
     def records_to_read(self) -> int:
-        """Changelog records the recovery had to read (highwater - persisted offset)."""
-        return sum(
+        """Changelog records recovery read: the bulk restore's, then what Faust's recovery
+        had left (its highwater - persisted offset)."""
+        return self.restored_records + sum(
             max(0, hw - self.starts.get(tp, -1)) for tp, hw in self.highwaters.items() if hw >= 0
         )
+
+    def reading_window(self) -> tuple[float, float] | None:
+        """(start, end) wall clock of reading changelogs: the bulk restore, then Faust's."""
+        start = self.times.get("restore", self.times.get("reading"))
+        end = self.times.get("read", self.restored_at)
+        if self.restored_at is not None and end is not None:
+            end = max(end, self.restored_at)
+        return None if start is None or end is None else (start, end)
 
 
 def _log_table(lines: Iterator[str]) -> dict[tuple[str, int], int]:
@@ -485,6 +500,10 @@ def read_worker_log(path: Path) -> WorkerLog:
         if match is None:
             continue
         stamp, message = match.groups()
+        restored = _RESTORED.match(message)
+        if restored is not None:
+            parsed.restored_records += int(restored.group(1))
+            parsed.restored_at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
         for name, marker in MARKERS.items():
             if marker in message and name not in parsed.times:
                 parsed.times[name] = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
@@ -553,7 +572,8 @@ def start_worker(
     log = read_worker_log(log_path)
     times = log.times
     assigned = times.get("assigned")
-    reading, read = times.get("reading"), times.get("read")
+    window = log.reading_window()
+    reading, read = window if window is not None else (None, None)
     records = log.records_to_read()
     reading_s = read - reading if reading is not None and read is not None else None
     cpu_reading = busy_reading = None

@@ -37,6 +37,7 @@ CONSUME_BATCH = 10_000
 #: librdkafka fetch sizes: whole segments per request, several partitions in flight.
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 PARTITION_FETCH_MAX_BYTES = 8 * 1024 * 1024
+QUEUED_KBYTES = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,8 @@ def restore_partitions(
             "auto.offset.reset": "earliest",
             "fetch.max.bytes": FETCH_MAX_BYTES,
             "max.partition.fetch.bytes": PARTITION_FETCH_MAX_BYTES,
+            # Prefetched records wait here; librdkafka's default (64 MiB) showed in the RSS.
+            "queued.max.messages.kbytes": QUEUED_KBYTES,
         }
     )
     try:

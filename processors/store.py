@@ -132,6 +132,7 @@ class CheckpointedStore(FaustRocksDBStore):
         # shared with the restore's thread.
         committed = {p: checkpoint.committed_position(p) for p in partitions}
         pipeline = self.app.pipeline  # type: ignore[attr-defined]
+        log.info("Bulk restore of %s partitions %s starts", topic, partitions)
         result = await asyncio.to_thread(
             restore_partitions,
             pipeline.settings.kafka_client_config(),

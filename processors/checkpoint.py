@@ -30,20 +30,27 @@ generation has moved on (resumed after SIGSTOP), is skipped.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from confluent_kafka import Consumer, TopicPartition
-from faust.types import TP, EventT
+from faust.types import TP, EventT, Message
 from rocksdict import WriteBatch
 
-from processors.faust_adapter import CHANGELOG_OFFSET_KEY, FaustRocksDBStore, FaustTable
+from processors.faust_adapter import (
+    CHANGELOG_OFFSET_KEY,
+    FaustRocksDBStore,
+    FaustTable,
+    standby_changelog_partitions,
+)
 
 if TYPE_CHECKING:
     from processors.output import Headers, OutputProducer, TableWriter
+    from processors.standby import StandbyHold
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +139,47 @@ def record_is_committed(source: bytes | None, committed: CommittedPosition | Non
     if writer < committed.writer:
         return offset < committed.start
     return False
+
+
+class RecordState(enum.Enum):
+    """Where a changelog record stands, for a standby that follows the changelog live."""
+
+    #: Its checkpoint committed: apply it.
+    COMMITTED = "committed"
+    #: Its checkpoint may still commit (its writer has not committed past it yet): hold it.
+    PENDING = "pending"
+    #: Its checkpoint never will (its input was redone by a later writer, or the record
+    #: cannot be read): drop it.
+    ABANDONED = "abandoned"
+
+
+def classify_record(source: bytes | None, committed: CommittedPosition | None) -> RecordState:
+    """:func:`record_is_committed` for a partition that another worker is still writing.
+
+    An active worker recovers after taking a partition: whatever is not committed then
+    is never committed (the new writer redoes that input). A standby reads records as
+    they are written, so "not committed" splits in two: PENDING when its writer, or a
+    writer newer than the last commit, may still commit past it; ABANDONED when a newer
+    writer has committed from a start at or below its input (the existing rule's "older
+    writer" case). Positions only move forward, so COMMITTED and ABANDONED are final, a
+    PENDING record becomes one of them once the position moves past it. COMMITTED is
+    exactly when :func:`record_is_committed` holds.
+    """
+    if source is None:
+        return RecordState.COMMITTED
+    parsed = parse_source(source)
+    if parsed is None:
+        return RecordState.ABANDONED
+    if committed is None:
+        return RecordState.PENDING
+    writer, offset = parsed
+    if committed.writer is None or committed.start is None:
+        return RecordState.COMMITTED if offset < committed.offset else RecordState.PENDING
+    if writer == committed.writer:
+        return RecordState.COMMITTED if offset < committed.offset else RecordState.PENDING
+    if writer < committed.writer:
+        return RecordState.COMMITTED if offset < committed.start else RecordState.ABANDONED
+    return RecordState.PENDING
 
 
 def header_value(headers: Any, name: str = SOURCE_HEADER) -> bytes | None:
@@ -328,9 +376,16 @@ class CheckpointedStore(FaustRocksDBStore):
         batches: dict[int, WriteBatch] = {}
         last_offsets: dict[TP, int] = {}
         skipped = 0
+        standby_tps = standby_changelog_partitions(self.app)
+        standby: dict[int, list[Message]] = {}
         for event in batch:
             message = event.message
             tp = message.tp
+            if tp in standby_tps:
+                # Written moments ago by the partition's active worker: its checkpoint
+                # may not have committed yet (processors/standby.py).
+                standby.setdefault(message.partition, []).append(message)
+                continue
             last_offsets[tp] = max(message.offset, last_offsets.get(tp, -1))
             committed = checkpoint.committed_position(message.partition)
             if not record_is_committed(header_value(message.headers), committed):
@@ -351,10 +406,63 @@ class CheckpointedStore(FaustRocksDBStore):
             # Past the skipped records too: they stay uncommitted for good (their input is
             # redone by this or a later generation, which writes the keys again).
             write.put(CHANGELOG_OFFSET_KEY, str(offset).encode())
+        self._admit_standby(standby_tps, standby, batches)
         for partition, write in batches.items():
             self.partition_db(partition).write(write)
         if skipped:
             checkpoint.skipped_on_recovery(skipped)
+
+    def _admit_standby(
+        self,
+        standby_tps: Set[TP],
+        records: Mapping[int, list[Message]],
+        batches: dict[int, WriteBatch],
+    ) -> None:
+        """Standby partitions: committed records into ``batches``, pending ones held back."""
+        hold: StandbyHold[Message] | None = getattr(self, "_standby_hold", None)
+        if hold is None:
+            if not records:
+                return
+            from processors.standby import StandbyHold  # it imports this module
+
+            pipeline = self.app.pipeline  # type: ignore[attr-defined]
+            hold = StandbyHold(
+                pipeline.standby_positions.position,
+                pipeline.settings.standby_max_held_records,
+                self._standby_overflow,
+            )
+            self._standby_hold = hold
+        topic = self.table.changelog_topic.get_topic_name()
+        hold.retain({tp.partition for tp in standby_tps if tp.topic == topic})
+        abandoned = 0
+        for partition, messages in records.items():
+            admitted = hold.admit(partition, messages)
+            abandoned += admitted.abandoned
+            if not admitted.apply and admitted.offset is None:
+                continue
+            write = batches.get(partition)
+            if write is None:
+                write = batches[partition] = WriteBatch(raw_mode=True)
+            for message in admitted.apply:
+                key = cast(bytes, message.key)
+                if message.value is None:
+                    write.delete(key)
+                else:
+                    write.put(key, message.value)
+            if admitted.offset is not None:
+                write.put(CHANGELOG_OFFSET_KEY, str(admitted.offset).encode())
+        if abandoned:
+            self.app.pipeline.metrics.changelog_records_skipped.inc(abandoned)  # type: ignore[attr-defined]
+
+    def _standby_overflow(self, partition: int, held: int) -> None:
+        log.warning(
+            "Standby %s[%d] holds %d changelog records whose checkpoint has not committed "
+            "(OMNI_STANDBY_MAX_HELD_RECORDS): it stops following until the next rebalance; "
+            "a promotion recovers them from the changelog",
+            self.table.name,
+            partition,
+            held,
+        )
 
 
 class CheckpointedTable(FaustTable):

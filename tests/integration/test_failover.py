@@ -26,8 +26,8 @@ from devstack.redis import LocalRedis
 
 pytestmark = pytest.mark.integration
 
-#: One leave and one kill; input (5,000 records at 50/s) outlasts both.
-CONFIG = dataclasses.replace(FAILOVER, events=4_800, customers=400, seed=11, max_faults=2)
+#: One leave and one kill; input (~6,300 records at 50/s, ~125 s) outlasts both.
+CONFIG = dataclasses.replace(FAILOVER, events=6_000, customers=400, seed=11, max_faults=2)
 
 
 @pytest.fixture

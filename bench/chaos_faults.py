@@ -26,6 +26,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ WORKER_KILL = "worker_kill"
 KILL_AFTER_READY = "worker_kill_after_ready"
 SECOND_WORKER_KILL = "second_worker_kill"
 SECOND_WORKER_PAUSE_TERM = "second_worker_pause_term"
+SECOND_WORKER_TERM = "second_worker_term"
 BROKER_KILL = "broker_kill"
 REDIS_STOP = "redis_stop"
 WIPE_RESTART = "wipe_restart"
@@ -52,6 +54,7 @@ FAULT_KINDS: tuple[str, ...] = (
     KILL_AFTER_READY,
     SECOND_WORKER_KILL,
     SECOND_WORKER_PAUSE_TERM,
+    SECOND_WORKER_TERM,
     BROKER_KILL,
     REDIS_STOP,
     WIPE_RESTART,
@@ -67,6 +70,7 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "worker SIGSTOP past the session timeout, resumed",
         "second worker SIGTERM",
     ),
+    SECOND_WORKER_TERM: ("second worker joins", "second worker SIGTERM"),
     BROKER_KILL: ("broker SIGKILL + restart",),
     REDIS_STOP: ("Redis stopped (SIGSTOP), resumed",),
     WIPE_RESTART: ("worker SIGKILL + restart with its state dir wiped",),
@@ -131,7 +135,21 @@ SHORT = Profile(
     down=(3.0, 3.0),
     work=(5.0, 8.0),
 )
-PROFILES = {p.name: p for p in (FULL, SHORT)}
+#: Two workers with standby replicas: the second joins, leaves cleanly, joins again and is
+#: SIGKILLed and not restarted (until the next cycle's join) three times; the first
+#: takes over its partitions from its standby copies (python -m bench.chaos --profile
+#: failover; tests/integration/test_failover.py runs one leave and one kill).
+FAILOVER = Profile(
+    name="failover",
+    sequence=(SECOND_WORKER_TERM, SECOND_WORKER_KILL, SECOND_WORKER_KILL, SECOND_WORKER_KILL),
+    gap=(3.0, 5.0),
+    filler=False,
+    redis_seconds=5.0,
+    down=(3.0, 3.0),
+    # Long enough for the standby to follow the active worker mid-stream.
+    work=(12.0, 18.0),
+)
+PROFILES = {p.name: p for p in (FULL, SHORT, FAILOVER)}
 
 
 def make_fault(kind: str, profile: Profile, rng: random.Random, session_timeout: float) -> Fault:
@@ -139,7 +157,7 @@ def make_fault(kind: str, profile: Profile, rng: random.Random, session_timeout:
     params: dict[str, float] = {}
     if kind == KILL_AFTER_READY:
         params = {"down": rng.uniform(*profile.down), "after_ready": rng.uniform(0.3, 2.0)}
-    elif kind == SECOND_WORKER_KILL:
+    elif kind in (SECOND_WORKER_KILL, SECOND_WORKER_TERM):
         params = {"work": rng.uniform(*profile.work)}
     elif kind == SECOND_WORKER_PAUSE_TERM:
         params = {
@@ -285,6 +303,29 @@ def recovered(pending: dict[tuple[str, int], int], sample: OffsetSample) -> bool
     return all(sample.committed.get(tp, -1) > at for tp, at in pending.items())
 
 
+def longest_stall(samples: Sequence[OffsetSample], start: float, end: float) -> float:
+    """The longest time, within [start, end], that a partition with input waiting saw its
+    committed offset stand still: the pause a rebalance causes, whoever caused it (a join
+    pauses every partition of both workers before the joining one is ready). Resolution:
+    the sampling interval; normal operation shows about the commit interval."""
+    window = [s for s in samples if start <= s.at <= end]
+    if not window:
+        return 0.0
+    longest = 0.0
+    for tp in window[0].committed:
+        since = window[0].at
+        previous = window[0].committed.get(tp, -1)
+        for sample in window[1:]:
+            committed = sample.committed.get(tp, -1)
+            if committed != previous or max(committed, 0) >= sample.high.get(tp, 0):
+                # It moved, or it has nothing to do: no stall up to here.
+                if committed != previous:
+                    longest = max(longest, sample.at - since)
+                since, previous = sample.at, committed
+        longest = max(longest, window[-1].at - since)
+    return round(longest, 2)
+
+
 class OffsetSampler(threading.Thread):
     """Committed offsets of the worker's group and log end offsets, every ``interval`` s.
 
@@ -308,6 +349,8 @@ class OffsetSampler(threading.Thread):
         self.client = Consumer(self.config)
         self.interval = interval
         self.latest: OffsetSample | None = None
+        #: Recent samples, for :func:`longest_stall` (an hour at the default interval).
+        self.history: deque[OffsetSample] = deque(maxlen=7_200)
         self.samples = 0
         self.failures = 0
         self.failing_since: float | None = None
@@ -349,9 +392,14 @@ class OffsetSampler(threading.Thread):
                 self.failing_since = None
                 with self._changed:
                     self.latest = sample
+                    self.history.append(sample)
                     self.samples += 1
                     self._changed.notify_all()
             self._halt.wait(self.interval)
+
+    def recent(self) -> list[OffsetSample]:
+        with self._changed:  # the sampling thread appends under it
+            return list(self.history)
 
     def fresh(self, after: float, timeout: float) -> OffsetSample | None:
         """The first sample taken at or after monotonic ``after``."""
@@ -390,6 +438,9 @@ class Measured:
     pending_partitions: int
     during_input: bool
     note: str = ""
+    #: The longest a partition with input waiting did not commit, from the fault's start
+    #: until it recovered (:func:`longest_stall`); None: not measured.
+    stall: float | None = None
 
 
 @dataclass
@@ -557,6 +608,7 @@ class FaultDriver:
             next_sample = self.sampler.fresh(sample.at + 1e-6, timeout=30.0)
             if next_sample is not None:
                 sample = next_sample
+        stall = longest_stall(self.sampler.recent(), started, sample.at)
         self.measured.append(
             Measured(
                 label,
@@ -567,12 +619,13 @@ class FaultDriver:
                 len(pending),
                 during_input,
                 note,
+                stall,
             )
         )
         self.note(
             f"{label}: processing again after "
             + ("(not within the timeout)" if recovery is None else f"{recovery:.1f}s")
-            + f" ({len(pending)} partitions had input waiting)"
+            + f" ({len(pending)} partitions had input waiting; longest stall {stall:.1f}s)"
         )
 
     # -- faults --
@@ -598,6 +651,7 @@ class FaultDriver:
             KILL_AFTER_READY: self._kill_after_ready,
             SECOND_WORKER_KILL: self._second_worker_kill,
             SECOND_WORKER_PAUSE_TERM: self._second_worker_pause_term,
+            SECOND_WORKER_TERM: self._second_worker_term,
             BROKER_KILL: self._broker_kill,
             REDIS_STOP: self._redis_stop,
             WIPE_RESTART: self._wipe_restart,
@@ -649,6 +703,15 @@ class FaultDriver:
         started = time.monotonic()
         self.note(f"{label}: SIGKILL worker-2 after {fault.params['work']:.0f}s of work")
         self.w2.kill()
+        self.measure(label, fault.kind, started, time.monotonic())
+
+    def _second_worker_term(self, fault: Fault) -> None:
+        self._join(fault.kind)
+        self._sleep(fault.params["work"])
+        label = MEASURES[SECOND_WORKER_TERM][1]
+        started = time.monotonic()
+        self.note(f"{label}: SIGTERM worker-2 after {fault.params['work']:.0f}s of work")
+        self.w2.terminate()
         self.measure(label, fault.kind, started, time.monotonic())
 
     def _second_worker_pause_term(self, fault: Fault) -> None:
@@ -841,9 +904,12 @@ def fault_summary(measured: Sequence[Measured]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for m in measured:
         entry = summary.setdefault(
-            m.label, {"count": 0, "values": [], "not_recovered": 0, "nothing_waiting": 0}
+            m.label,
+            {"count": 0, "values": [], "not_recovered": 0, "nothing_waiting": 0, "stalls": []},
         )
         entry["count"] += 1
+        if m.stall is not None and m.pending_partitions > 0:
+            entry["stalls"].append(m.stall)
         if m.recovery is None:
             entry["not_recovered"] += 1
         elif m.pending_partitions == 0:
@@ -853,4 +919,6 @@ def fault_summary(measured: Sequence[Measured]) -> dict[str, dict[str, Any]]:
             entry["values"].append(m.recovery)
     for entry in summary.values():
         entry.update(percentiles(entry.pop("values")))
+        stalls = percentiles(entry.pop("stalls"))
+        entry["stall_p50"], entry["stall_max"] = stalls["p50"], stalls["max"]
     return summary

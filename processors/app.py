@@ -36,6 +36,7 @@ from processors.projection import ReadModelWriter
 from processors.restore import RestoreProgress
 from processors.rulebook import RuleSet, load_ruleset
 from processors.settings import TRIGGER_CHANNELS, Settings
+from processors.standby import StandbyPositions
 from processors.store import CheckpointedTable
 from processors.topics import changelog_configs
 from processors.transport import new_transport
@@ -75,6 +76,8 @@ class Pipeline:
     progress: PartitionProgress
     #: Bulk changelog restores running now (processors/restore.py): not ready meanwhile.
     restore_progress: RestoreProgress
+    #: Committed positions of standby partitions, read afresh (another worker commits).
+    standby_positions: StandbyPositions
 
 
 class OmniApp(FaustApp):
@@ -170,7 +173,8 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         stream_buffer_maxsize=4 * settings.batch_max_events,
         broker_max_poll_records=max(1, settings.batch_max_events // 2),
         monitor=LeanMonitor(),
-        table_standby_replicas=0,
+        # Standbys hold back records of uncommitted checkpoints (processors/standby.py).
+        table_standby_replicas=settings.standby_replicas,
         # Tables on a store whose recovery skips records of uncommitted checkpoints.
         Table=CheckpointedTable,
         # A revocation completes or discards the pending checkpoint itself
@@ -225,13 +229,14 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     timeline_records = TableWriter(timelines, producer)
     stats_records = TableWriter(stats, producer)
     progress = PartitionProgress()
+    committed_offsets = CommittedOffsets(
+        settings.kafka_client_config(), settings.app_id, settings.customer_events_topic
+    )
     checkpoint = Checkpoint(
         producer,
         (records, timeline_records, stats_records),
         settings.customer_events_topic,
-        CommittedOffsets(
-            settings.kafka_client_config(), settings.app_id, settings.customer_events_topic
-        ),
+        committed_offsets,
         settings.max_pending_events,
         on_committed=progress.committed,
         on_skipped=metrics.changelog_records_skipped.inc,
@@ -272,6 +277,12 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         customer=customer,
         progress=progress,
         restore_progress=RestoreProgress(),
+        # One OffsetFetch per commit interval at most: the other worker commits that often,
+        # and it blocks the event loop (recovery applies changelog batches synchronously).
+        standby_positions=StandbyPositions(
+            lambda partitions: committed_offsets.fetch(partitions, timeout=2.0),
+            interval=settings.commit_interval_seconds,
+        ),
     )
     batch_size = metrics.batch_events
     batch_seconds = metrics.batch_seconds

@@ -30,6 +30,7 @@ late by a worker whose generation has moved on (resumed after SIGSTOP), is skipp
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -132,6 +133,50 @@ def record_is_committed(source: bytes | None, committed: CommittedPosition | Non
     if writer < committed.writer:
         return offset < committed.start
     return False
+
+
+class RecordState(enum.Enum):
+    """Where a changelog record stands, for a standby that follows the changelog live."""
+
+    #: Its checkpoint committed: apply it.
+    COMMITTED = "committed"
+    #: Its checkpoint may still commit (its writer has not committed past it yet): hold it.
+    PENDING = "pending"
+    #: Its checkpoint never will (its input was redone by a later writer, or the record
+    #: cannot be read): drop it.
+    ABANDONED = "abandoned"
+
+
+def classify_record(source: bytes | None, committed: CommittedPosition | None) -> RecordState:
+    """:func:`record_is_committed` for a partition that another worker is still writing.
+
+    An active worker recovers after taking a partition: whatever is not committed then
+    is never committed (the new writer redoes that input). A standby reads records as
+    they are written, so "not committed" splits in two: PENDING when its writer, or a
+    writer newer than the last commit, may still commit past it; ABANDONED when a newer
+    writer has committed from a start at or below its input (the existing rule's "older
+    writer" case). Positions only move forward, so COMMITTED is final, and a PENDING
+    record becomes COMMITTED or ABANDONED once the position moves past it. (An ABANDONED
+    record of a writer two generations back may read as COMMITTED under a later
+    committer: the rule keeps one start offset; the redo's record, later in the
+    changelog, overwrites it.) COMMITTED is exactly when :func:`record_is_committed`
+    holds.
+    """
+    if source is None:
+        return RecordState.COMMITTED
+    parsed = parse_source(source)
+    if parsed is None:
+        return RecordState.ABANDONED
+    if committed is None:
+        return RecordState.PENDING
+    writer, offset = parsed
+    if committed.writer is None or committed.start is None:
+        return RecordState.COMMITTED if offset < committed.offset else RecordState.PENDING
+    if writer == committed.writer:
+        return RecordState.COMMITTED if offset < committed.offset else RecordState.PENDING
+    if writer < committed.writer:
+        return RecordState.COMMITTED if offset < committed.start else RecordState.ABANDONED
+    return RecordState.PENDING
 
 
 def header_value(headers: Any, name: str = SOURCE_HEADER) -> bytes | None:

@@ -16,7 +16,7 @@ checked when an app is built (:func:`check_versions`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -89,6 +89,11 @@ INTERNALS: Final[tuple[Internal, ...]] = (
     Internal("faust.App", "consumer_generation_id", "events from before a rebalance"),
     Internal("faust.types.Message", "generation_id", "events from before a rebalance"),
     Internal("faust.tables.manager.TableManager", "recovery", "readiness, recovery gauge"),
+    Internal(
+        "faust.tables.recovery.Recovery",
+        "standby_tps",
+        "standby changelog partitions: their records wait for their checkpoint's commit",
+    ),
     Internal("faust.sensors.Monitor", "stream_inbound_time", "Faust's slow-stream warning"),
 )
 
@@ -291,6 +296,11 @@ def assigned_standbys(app: AppT) -> set[TP]:
 def recovery_remaining(app: AppT) -> int:
     """Changelog records left to recover for the active tables."""
     return cast(int, cast("TableManager", app.tables).recovery.active_remaining_total())
+
+
+def standby_changelog_partitions(app: AppT) -> Set[TP]:
+    """The changelog partitions Faust feeds this worker as standbys (not active)."""
+    return cast("Set[TP]", cast("TableManager", app.tables).recovery.standby_tps)
 
 
 #: The key Faust keeps a partition's changelog offset under, beside the table's keys.

@@ -3,7 +3,7 @@
 Faust's own recovery reads changelogs through the worker's aiokafka consumer and
 builds an event per record (measured: 8.6k records/s, 234 s for 1M customers). A
 restore needs none of that: when a table's partition is newly assigned as active,
-:class:`processors.checkpoint.CheckpointedStore` calls :func:`restore_partitions`
+:class:`processors.store.CheckpointedStore` calls :func:`restore_partitions`
 before Faust's recovery starts. It reads the changelog partitions from the
 persisted offset to the high watermark with one librdkafka consumer (its own
 threads fetch ahead while this one writes), turns every fetched batch into one

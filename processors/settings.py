@@ -171,10 +171,24 @@ class Settings(BaseSettings):
         "and the data dir; must differ between workers of one group",
     )
     session_timeout_seconds: float = Field(
-        10.0,
+        6.0,
         ge=6.0,
         description="Consumer group session timeout: how long a worker that stopped "
         "heartbeating keeps its partitions (the broker's minimum is 6 s)",
+    )
+    standby_replicas: int = Field(
+        1,
+        ge=0,
+        description="Standby copies of each table partition on other workers (Faust's "
+        "table_standby_replicas): a worker that takes over a dead one's partitions "
+        "promotes its warm copy instead of replaying the changelog; no effect with one worker",
+    )
+    standby_max_held_records: int = Field(
+        10_000,
+        ge=1,
+        description="Changelog records a standby partition may hold back per table while "
+        "their checkpoint has not committed; past it the partition stops following until "
+        "the next rebalance",
     )
     # --- The checkpoint (processors/checkpoint.py) ---
     max_pending_events: int = Field(

@@ -15,17 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Set
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
-from faust.types import TP, EventT
+from faust.types import TP, EventT, Message
+from rocksdict import WriteBatch
 
 from processors.checkpoint import ChangelogWrites
-from processors.faust_adapter import FaustRocksDBStore, FaustTable, assigned_standbys
+from processors.faust_adapter import (
+    CHANGELOG_OFFSET_KEY,
+    FaustRocksDBStore,
+    FaustTable,
+    assigned_standbys,
+    standby_changelog_partitions,
+)
 from processors.restore import RestoreTarget, restore_partitions
+from processors.standby import StandbyHold
 
 if TYPE_CHECKING:
     from processors.checkpoint import Checkpoint
@@ -67,6 +75,8 @@ class CheckpointedStore(FaustRocksDBStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Changelog records of standby partitions held back (made on first use).
+        self._standby_hold: StandbyHold[Message] | None = None
         base = self.rocksdb_options
         self.rocksdb_options = StoreOptions(
             max_open_files=base.max_open_files,
@@ -92,8 +102,15 @@ class CheckpointedStore(FaustRocksDBStore):
     ) -> None:
         checkpoint = self._checkpoint()
         writes = ChangelogWrites(checkpoint.committed_position)
+        standby_tps = standby_changelog_partitions(self.app)
+        standby: dict[int, list[Message]] = {}
         for event in batch:
             message = event.message
+            if message.tp in standby_tps:
+                # Written moments ago by the partition's active worker: its checkpoint
+                # may not have committed yet (processors/standby.py).
+                standby.setdefault(message.partition, []).append(message)
+                continue
             writes.add(
                 message.partition,
                 message.offset,
@@ -104,6 +121,50 @@ class CheckpointedStore(FaustRocksDBStore):
         writes.write(self.partition_db)
         if writes.skipped:
             checkpoint.skipped_on_recovery(writes.skipped)
+        self._admit_standby(standby_tps, standby)
+
+    def _admit_standby(self, standby_tps: Set[TP], records: Mapping[int, list[Message]]) -> None:
+        """Standby partitions: committed records written, pending ones held back."""
+        hold = self._standby_hold
+        if hold is None:
+            if not records:
+                return
+            pipeline = self.app.pipeline  # type: ignore[attr-defined]
+            hold = self._standby_hold = StandbyHold(
+                pipeline.standby_positions.position,
+                pipeline.settings.standby_max_held_records,
+                self._standby_overflow,
+            )
+        topic = self.table.changelog_topic.get_topic_name()
+        hold.retain({tp.partition for tp in standby_tps if tp.topic == topic})
+        abandoned = 0
+        for partition, messages in records.items():
+            admitted = hold.admit(partition, messages)
+            abandoned += admitted.abandoned
+            if not admitted.apply and admitted.offset is None:
+                continue
+            write = WriteBatch(raw_mode=True)
+            for message in admitted.apply:
+                key = cast(bytes, message.key)
+                if message.value is None:
+                    write.delete(key)
+                else:
+                    write.put(key, message.value)
+            if admitted.offset is not None:
+                write.put(CHANGELOG_OFFSET_KEY, str(admitted.offset).encode())
+            self.partition_db(partition).write(write)
+        if abandoned:
+            self.app.pipeline.metrics.changelog_records_skipped.inc(abandoned)  # type: ignore[attr-defined]
+
+    def _standby_overflow(self, partition: int, held: int) -> None:
+        log.warning(
+            "Standby %s[%d] holds %d changelog records whose checkpoint has not committed "
+            "(OMNI_STANDBY_MAX_HELD_RECORDS): it stops following until the next rebalance; "
+            "a promotion recovers them from the changelog",
+            self.table.name,
+            partition,
+            held,
+        )
 
     async def on_rebalance(
         self,

@@ -13,15 +13,19 @@ import pytest
 from bench import chaos_oracle as oc
 from bench.chaos import stop_excerpt
 from bench.chaos_faults import (
+    FAILOVER,
     FAULT_KINDS,
     FULL,
     KILL_AFTER_READY,
     REDIS_STOP,
+    SECOND_WORKER_KILL,
     SECOND_WORKER_PAUSE_TERM,
+    SECOND_WORKER_TERM,
     SHORT,
     WORKER_KILL,
     OffsetSample,
     incarnation_report,
+    longest_stall,
     plan_faults,
     recovered,
 )
@@ -358,13 +362,48 @@ def test_fault_plan_is_seeded_and_complete() -> None:
     plan = plan_faults(FULL, 7, session_timeout=10.0)
     assert plan == plan_faults(FULL, 7, session_timeout=10.0)
     assert plan != plan_faults(FULL, 8, session_timeout=10.0)
-    assert set(FAULT_KINDS) == {f.kind for f in plan}
+    # Every kind but the failover profile's clean leave (the full run has a SIGTERM leave).
+    assert set(FAULT_KINDS) - {SECOND_WORKER_TERM} == {f.kind for f in plan}
     assert all(20.0 <= f.gap <= 60.0 for f in plan)
     assert sum(f.kind in (WORKER_KILL, KILL_AFTER_READY) for f in plan) >= 6
     pause = next(f for f in plan if f.kind == SECOND_WORKER_PAUSE_TERM)
     assert pause.params["pause"] > 10.0
     after_ready = [f for f in plan if f.kind == KILL_AFTER_READY]
     assert all(0.3 <= f.params["after_ready"] <= 2.0 for f in after_ready)
+
+
+def test_failover_plan_leaves_once_then_kills_the_second_worker_three_times() -> None:
+    plan = plan_faults(FAILOVER, 7, 6.0)
+    assert [f.kind for f in plan] == [SECOND_WORKER_TERM] + [SECOND_WORKER_KILL] * 3
+    assert all(12.0 <= f.params["work"] <= 18.0 for f in plan)
+    # The test's run: one leave, one kill.
+    short = plan_faults(FAILOVER, 7, 6.0, allowed=(SECOND_WORKER_TERM, SECOND_WORKER_KILL))
+    assert len(short) == 4
+
+
+def _sample(at: float, committed: dict[tuple[str, int], int], high: int = 100) -> OffsetSample:
+    return OffsetSample(at, committed, {tp: high for tp in committed})
+
+
+def test_longest_stall_is_the_longest_a_waiting_partition_did_not_commit() -> None:
+    a, b = ("t", 0), ("t", 1)
+    samples = [
+        _sample(0.0, {a: 1, b: 1}),
+        _sample(1.0, {a: 2, b: 1}),
+        _sample(2.0, {a: 3, b: 1}),
+        _sample(7.5, {a: 3, b: 1}),
+        _sample(8.0, {a: 4, b: 2}),  # b stood still from 0.0 to 8.0, a from 2.0 to 8.0
+        _sample(9.0, {a: 5, b: 3}),
+    ]
+    assert longest_stall(samples, 0.0, 10.0) == 8.0
+    assert longest_stall(samples, 1.5, 10.0) == 6.0, "only the window counts"
+    assert longest_stall([], 0.0, 1.0) == 0.0
+
+
+def test_a_partition_with_nothing_to_do_is_not_stalled() -> None:
+    a = ("t", 0)
+    samples = [_sample(t, {a: 100}) for t in (0.0, 5.0, 10.0)]
+    assert longest_stall(samples, 0.0, 10.0) == 0.0
 
 
 def test_short_plan_only_allowed_kinds() -> None:

@@ -13,6 +13,8 @@ from rocksdict import Options, Rdict
 
 from processors.checkpoint import (
     CommittedPosition,
+    RecordState,
+    classify_record,
     commit_metadata,
     header_value,
     parse_commit_metadata,
@@ -99,6 +101,92 @@ def test_never_past_the_committed_offset(
     position = CommittedPosition(committed_offset, CURRENT, min(start, committed_offset))
     if offset >= committed_offset:
         assert not record_is_committed(src(writer, offset), position)
+
+
+# --- classify_record: what a standby does with a record written moments ago -------------
+
+
+@pytest.mark.parametrize(
+    ("writer", "offset", "expected", "why"),
+    [
+        (CURRENT, 119, RecordState.COMMITTED, "the committer's record below the committed offset"),
+        (CURRENT, 120, RecordState.PENDING, "the committer's next checkpoint may cover it"),
+        (OLD, 79, RecordState.COMMITTED, "an older writer's record below the committer's start"),
+        (OLD, 80, RecordState.ABANDONED, "an older writer's input the committer redid"),
+        (RESTARTED, 90, RecordState.PENDING, "a newer incarnation may still commit"),
+        (NEWER, 10, RecordState.PENDING, "a newer generation may still commit"),
+    ],
+)
+def test_classify_record(
+    writer: tuple[int, int], offset: int, expected: RecordState, why: str
+) -> None:
+    assert classify_record(src(writer, offset), committed) is expected, why
+
+
+def test_classify_record_edges() -> None:
+    assert classify_record(None, None) is RecordState.COMMITTED, "written before the scheme"
+    assert classify_record(src(CURRENT, 0), None) is RecordState.PENDING, "nothing committed yet"
+    assert classify_record(b"garbage", committed) is RecordState.ABANDONED
+    plain = CommittedPosition(50)
+    assert classify_record(src(NEWER, 49), plain) is RecordState.COMMITTED
+    assert classify_record(src(NEWER, 50), plain) is RecordState.PENDING
+
+
+_writers = st.tuples(st.integers(0, 8), st.integers(0, 3))
+_sources = st.one_of(
+    st.none(),
+    st.just(b"garbage"),
+    st.builds(lambda w, o: src(w, o), _writers, st.integers(0, 200)),
+)
+_positions = st.one_of(
+    st.none(),
+    st.builds(CommittedPosition, st.integers(0, 200)),
+    st.builds(
+        lambda o, w, s: CommittedPosition(o, w, min(s, o)),
+        st.integers(0, 200),
+        _writers,
+        st.integers(0, 200),
+    ),
+)
+
+
+@given(_sources, _positions)
+def test_committed_exactly_when_recovery_applies_it(
+    source: bytes | None, position: CommittedPosition | None
+) -> None:
+    """A standby applies what recovery would apply, no more."""
+    state = classify_record(source, position)
+    assert (state is RecordState.COMMITTED) == record_is_committed(source, position)
+
+
+@given(_sources, _positions, st.integers(0, 50), _writers, st.integers(0, 50))
+def test_committed_and_abandoned_are_final(
+    source: bytes | None,
+    position: CommittedPosition | None,
+    advance: int,
+    successor: tuple[int, int],
+    start_advance: int,
+) -> None:
+    """Commits only move forward: a later position never undoes a committed record, nor
+    the same committer an abandoned one."""
+    if position is None or position.writer is None or position.start is None:
+        return
+    later_offset = position.offset + advance
+    if successor > position.writer:
+        later = CommittedPosition(
+            later_offset, successor, min(later_offset, position.offset + start_advance)
+        )
+    else:
+        later = CommittedPosition(later_offset, position.writer, position.start)
+    before = classify_record(source, position)
+    after = classify_record(source, later)
+    if before is RecordState.COMMITTED:
+        assert after is RecordState.COMMITTED
+    elif before is RecordState.ABANDONED and later.writer == position.writer:
+        assert after is RecordState.ABANDONED
+    # An ABANDONED record of a writer two generations back can read as committed under a
+    # newer committer (the rule keeps one start offset, not one per writer); the record
+    # its input's redo wrote comes later in the changelog and overwrites it.
 
 
 def test_header_value_reads_both_client_formats() -> None:

@@ -143,6 +143,7 @@ ATTRIBUTES: dict[str, Any] = {
     "consumer_generation_id": lambda app: app.consumer_generation_id,
     "generation_id": lambda app: Message("t", 0, 0, 0.0, 0, None, b"", b"", None).generation_id,
     "recovery": lambda app: app.tables.recovery.completed.is_set,
+    "standby_tps": lambda app: app.tables.recovery.standby_tps.__contains__,
     "stream_inbound_time": lambda app: Monitor().stream_inbound_time,
 }
 
@@ -175,6 +176,7 @@ def test_the_public_names_are_the_private_ones(app: OmniApp) -> None:
     assert faust_adapter.consumer_generation(app) == app.consumer_generation_id
     assert faust_adapter.recovery_completed(app) is False
     assert faust_adapter.recovery_remaining(app) == 0
+    assert faust_adapter.standby_changelog_partitions(app) is app.tables.recovery.standby_tps
     monitor = Monitor()
     faust_adapter.note_stream_inbound(monitor, EVENTS, 12.5)
     assert monitor.stream_inbound_time[EVENTS] == 12.5

@@ -215,6 +215,36 @@ def test_session_timeout_seconds_sets_the_session_and_heartbeat(tmp_path: Path) 
         assert app.conf.broker_heartbeat_interval == 7.5
 
 
+def test_standby_replicas_is_faust_table_standby_replicas(tmp_path: Path) -> None:
+    with built_app(tmp_path, standby_replicas=2) as app:
+        assert app.conf.table_standby_replicas == 2
+    with built_app(tmp_path / "default") as app:
+        assert app.conf.table_standby_replicas == 1
+        assert app.conf.broker_session_timeout == 6.0, "the broker's minimum: failover in < 10 s"
+
+
+def test_standby_max_held_records_bounds_what_a_standby_partition_holds_back(
+    tmp_path: Path,
+) -> None:
+    from processors.checkpoint import source_header
+    from processors.standby import StandbyHold
+
+    settings = Settings(standby_max_held_records=2)
+    overflows: list[int] = []
+    hold: Any = StandbyHold(
+        lambda p, r: None, settings.standby_max_held_records, lambda p, n: overflows.append(n)
+    )
+
+    class Record:
+        def __init__(self, offset: int) -> None:
+            self.offset, self.headers = offset, source_header((5, 1), offset)
+
+    hold.admit(0, [Record(0), Record(1)])
+    assert hold.held(0) == 2 and not overflows
+    hold.admit(0, [Record(2)])
+    assert hold.held(0) == 0 and overflows == [3] and hold.frozen(0)
+
+
 def test_commit_interval_seconds_is_faust_commit_interval(tmp_path: Path) -> None:
     with built_app(tmp_path, commit_interval_seconds=2.5) as app:
         assert app.conf.broker_commit_interval == 2.5
@@ -773,6 +803,10 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "commit_interval_seconds": test_commit_interval_seconds_is_faust_commit_interval,
     "instance_id": test_instance_id_is_the_static_group_member_id,
     "session_timeout_seconds": test_session_timeout_seconds_sets_the_session_and_heartbeat,
+    "standby_replicas": test_standby_replicas_is_faust_table_standby_replicas,
+    "standby_max_held_records": (
+        test_standby_max_held_records_bounds_what_a_standby_partition_holds_back
+    ),
     "max_pending_events": test_max_pending_events_is_where_consumption_pauses,
     "changelog_min_compaction_lag_seconds": (
         test_changelog_min_compaction_lag_seconds_configures_the_changelog_topics

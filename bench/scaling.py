@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import sys
 import threading
 import time
@@ -77,6 +78,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 STALL_S = 1.0
 #: Seconds sent before the first window (not measured).
 WARMUP_S = 5.0
+#: One worker's CPU with no input over this long: its fixed cost (polls, commits, ticks),
+#: which at a modest fixed rate is much of the CPU per event.
+IDLE_S = 10.0
 #: After a join (from /readyz) or a leave (from the exit), at least this long before
 #: the group counts as settled: a pause may only begin some seconds after the event
 #: (a leaving static member keeps its partitions for the session timeout).
@@ -334,6 +338,7 @@ def markdown(result: dict[str, Any]) -> str:
         "scheduled send → trigger seen by a probe consumer, for the events scheduled in "
         "the window.",
         "",
+        *idle_lines(result),
         "## Rebalance pauses",
         "",
         markdown_table(rebalance_rows(result)),
@@ -385,6 +390,25 @@ def markdown(result: dict[str, Any]) -> str:
     if result.get("notes"):
         lines += ["## Notes", "", *[f"- {note}" for note in result["notes"]], ""]
     return "\n".join(lines)
+
+
+def idle_lines(result: dict[str, Any]) -> list[str]:
+    lines = []
+    idle = result.get("idle_worker_cores")
+    if idle is not None:
+        lines.append(
+            f"An idle worker (no input, {result['config']['partitions']} partitions) used "
+            f"{idle:.2f} cores: a fixed cost per worker process, which at a modest rate is "
+            "a large part of its CPU per event, and which every added worker pays again."
+        )
+    generator = result.get("generator") or {}
+    if generator:
+        lines.append(
+            f"The generator's worst send lag was {_num(generator.get('send_lag_max_ms'))} ms, "
+            f"{_num(generator.get('late_sends'))} sends > 5 ms late (a busy machine; latency "
+            "counts from the schedule all the same)."
+        )
+    return [*(f"{line}\n" for line in lines)] if lines else []
 
 
 def partition_note(result: dict[str, Any]) -> list[str]:
@@ -696,11 +720,20 @@ def run_scaling(
             "worker 1 to take the home profiles",
             interval=1.0,
         )
-        say(f"scaling: {plan.customers:,} home profiles processed; sending {rate:g}/s")
+        time.sleep(2.0)  # the profiles' last checkpoint
+        idle0 = cpu_seconds(first.worker.pid)
+        time.sleep(IDLE_S)
+        idle_cores = (cpu_seconds(first.worker.pid) - idle0) / IDLE_S
+        say(
+            f"scaling: {plan.customers:,} home profiles processed; idle worker "
+            f"{idle_cores:.2f} cores; sending {rate:g}/s"
+        )
         run.generator = Generator(settings, plan, sent)
         run.generator.start()
         cleanup.callback(run.generator.close)
-        time.sleep(WARMUP_S)
+        # The first window, like the others, opens once everything sent is answered.
+        generating = time.time()
+        run.settle(generating, generating + WARMUP_S)
         # Up: a window at each count, joining workers one at a time in between.
         for count in counts:
             while len(run.members) < count:
@@ -767,6 +800,7 @@ def run_scaling(
         finish_rebalance(run, entry)
     return {
         "customers": plan.customers,
+        "idle_worker_cores": round(idle_cores, 3),
         "partitions": settings.partitions,
         "session_timeout_s": settings.session_timeout_seconds,
         "windows": windows,
@@ -935,6 +969,7 @@ def measure(
         "windows": scaling["windows"],
         "rebalances": scaling["rebalances"],
         "generator": scaling.get("generator", {}),
+        "idle_worker_cores": scaling.get("idle_worker_cores"),
         "saturation": saturation,
         "rss": rss,
         "notes": scaling["notes"],
@@ -1003,7 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with bench_stack(keep_workdir=args.keep_workdir) as stack:
             say(f"Kafka {stack.bootstrap}, Redis {stack.redis_url}, workdir {stack.workdir}")
-            result = measure(stack, options, " ".join(["python -m bench.scaling", *argv]), say)
+            command = " ".join(["python -m bench.scaling", shlex.join(argv)]).strip()
+            result = measure(stack, options, command, say)
     except KeyboardInterrupt:
         say("interrupted: everything started was stopped")
         return 130

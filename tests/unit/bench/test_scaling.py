@@ -100,6 +100,7 @@ def sample_result() -> dict[str, Any]:
         "p99_ms": 120.0,
         "missing": 0,
         "cpu_us_per_event": 900.0,
+        "mean_batch": 12.5,
         "broker_cpu_us_per_event": 80.0,
         "redis_cpu_us_per_event": 10.0,
         "loadavg": [1.5, 1.2, 1.0],
@@ -193,7 +194,10 @@ def sample_result() -> dict[str, Any]:
 
 def test_markdown_renders_every_table() -> None:
     text = markdown(sample_result())
-    assert "| 2 | 400 | 398 | 0.99 | 40.0 | 120.0 | 0 | 900 | 80 | 10 | 300 / 250 | 1.50 |" in text
+    assert (
+        "| 2 | 400 | 398 | 0.99 | 40.0 | 120.0 | 0 | 900 | 12.5 | 80 | 10 | 300 / 250 | 1.50 |"
+        in text
+    )
     assert "| join 1 → 2 | 4.2 | 6.50 | 3.10 | 7.00 | 8/8 | 7,100 | 6,000 | 16.0 | 1.80 |" in text
     assert "| leave 2 → 1 | 1.0 | 12.00 | 2.00 | never | 4/8 | - | - | 30.0 | 1.80 |" in text
     assert "| 2 | 3,600 | 1.20 | 480 | 108,000 | 2.50 |" in text

@@ -38,6 +38,7 @@ import argparse
 import math
 import os
 import shlex
+import statistics
 import sys
 import threading
 import time
@@ -272,18 +273,22 @@ def rebalance_rows(result: dict[str, Any]) -> list[list[str]]:
 
 
 def saturation_rows(result: dict[str, Any]) -> list[list[str]]:
-    rows = [["workers", "events/s", "x 1 worker", "CPU µs/event", "events timed", "load avg 1m"]]
-    runs = result.get("saturation", [])
-    base = next((s["events_per_s"] for s in runs if s["workers"] == 1), None)
-    for s in runs:
+    """One row per worker count: medians over its (interleaved) runs."""
+    rows = [["workers", "events/s", "x 1 worker", "CPU µs/event", "runs (events/s)", "load avg 1m"]]
+    by_count: dict[int, list[dict[str, Any]]] = {}
+    for run in result.get("saturation", []):
+        by_count.setdefault(run["workers"], []).append(run)
+    medians = {n: statistics.median(r["events_per_s"] for r in rs) for n, rs in by_count.items()}
+    base = medians.get(1)
+    for count, runs in sorted(by_count.items()):
         rows.append(
             [
-                str(s["workers"]),
-                _num(s["events_per_s"]),
-                _num(s["events_per_s"] / base, 2) if base else "-",
-                _num(s["cpu_us_per_event"]),
-                _num(s["events"]),
-                _num(s["loadavg"][0], 2),
+                str(count),
+                _num(medians[count]),
+                _num(medians[count] / base, 2) if base else "-",
+                _num(statistics.median(r["cpu_us_per_event"] for r in runs)),
+                " ".join(_num(r["events_per_s"]) for r in runs),
+                " ".join(_num(r["loadavg"][0], 1) for r in runs),
             ]
         )
     return rows
@@ -361,6 +366,7 @@ def markdown(result: dict[str, Any]) -> str:
             markdown_table(saturation_rows(result)),
             "",
             f"{cfg['saturation_events']:,} preloaded bench-mix events (`bench.workload`), "
+            f"medians of {cfg.get('saturation_repeat', 1)} runs per count, interleaved; "
             "every worker started at once; the window opens when all are ready and lasts "
             f"{cfg['saturation_window']:g} s or until the backlog is drained. On 2 cores, "
             "with the broker and Redis beside them, two workers compete with each other "
@@ -776,6 +782,8 @@ def run_scaling(
                 )
             window = measure_window(run, seconds)
             windows.append(window)
+            # The window's last events answered before the next join or leave disturbs them.
+            run.settle(window["start"], time.time() + 2.0)
             say(
                 f"scaling: {count} worker(s): {window['events_per_s']:,.0f} events/s, "
                 f"{window['cpu_us_per_event']:,.0f} µs CPU/event, load {window['loadavg'][0]}"
@@ -841,10 +849,14 @@ def run_saturation(
     window: float,
     seed: int,
     say: Callable[[str], None] = print,
+    repeat: int = 2,
 ) -> list[dict[str, Any]]:
-    """Max events/s of N workers draining a preloaded backlog (a fresh namespace each)."""
+    """Max events/s of N workers draining a preloaded backlog (a fresh namespace each).
+
+    Counts interleaved per repetition (1 2 1 2): a neighbour's burst hurts both alike.
+    """
     results = []
-    for count in counts:
+    for count in [c for _ in range(repeat) for c in counts]:
         settings = stack.settings(f"sat{count}")
         stack.create_topics(settings, [])
         stack.flush_redis()
@@ -938,6 +950,7 @@ class Options:
     saturation_events: int = 150_000
     saturation_customers: int = 15_000
     saturation_window: float = 30.0
+    saturation_repeat: int = 2
     rss_partitions: list[int] = field(default_factory=lambda: [8, 32])
     rss_events: int = 20_000
     seed: int = 7
@@ -963,6 +976,7 @@ def measure(
             options.saturation_window,
             options.seed,
             say,
+            options.saturation_repeat,
         )
     rss = run_rss(stack, options.rss_partitions, options.rss_events, options.seed, say)
     return {
@@ -980,6 +994,7 @@ def measure(
             "saturation_workers": options.saturation,
             "saturation_events": options.saturation_events,
             "saturation_window": options.saturation_window,
+            "saturation_repeat": options.saturation_repeat,
             "rss_partitions": options.rss_partitions,
             "write_buffer_mib": defaults.rocksdb_write_buffer_mib,
             "block_cache_mib": defaults.rocksdb_block_cache_mib,
@@ -1024,6 +1039,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--saturation-events", type=int, default=150_000)
     p.add_argument("--saturation-window", type=float, default=30.0)
+    p.add_argument("--saturation-repeat", type=int, default=2, help="interleaved runs per count")
     p.add_argument(
         "--rss-partitions", type=_counts, default=[8, 32], help="partition counts ('' = none)"
     )
@@ -1051,6 +1067,7 @@ def main(argv: list[str] | None = None) -> int:
         saturation_events=args.saturation_events,
         saturation_customers=max(1, args.saturation_events // 10),
         saturation_window=args.saturation_window,
+        saturation_repeat=args.saturation_repeat,
         rss_partitions=args.rss_partitions,
         rss_events=args.rss_events,
         seed=args.seed,

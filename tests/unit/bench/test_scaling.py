@@ -171,6 +171,20 @@ def sample_result() -> dict[str, Any]:
                 "events": 108_000,
                 "loadavg": [2.5, 1.0, 1.0],
             },
+            {
+                "workers": 1,
+                "events_per_s": 2000.0,
+                "cpu_us_per_event": 320.0,
+                "events": 60_000,
+                "loadavg": [4.0, 1.0, 1.0],
+            },
+            {
+                "workers": 2,
+                "events_per_s": 3000.0,
+                "cpu_us_per_event": 500.0,
+                "events": 90_000,
+                "loadavg": [4.0, 1.0, 1.0],
+            },
         ],
         "rss": [
             {
@@ -200,7 +214,9 @@ def test_markdown_renders_every_table() -> None:
     )
     assert "| join 1 → 2 | 4.2 | 6.50 | 3.10 | 7.00 | 8/8 | 7,100 | 6,000 | 16.0 | 1.80 |" in text
     assert "| leave 2 → 1 | 1.0 | 12.00 | 2.00 | never | 4/8 | - | - | 30.0 | 1.80 |" in text
-    assert "| 2 | 3,600 | 1.20 | 480 | 108,000 | 2.50 |" in text
+    # Medians over the interleaved runs of each count.
+    assert "| 1 | 2,500 | 1.00 | 310 | 3,000 2,000 | 2.0 4.0 |" in text
+    assert "| 2 | 3,300 | 1.32 | 490 | 3,600 3,000 | 2.5 4.0 |" in text
     assert "5.0 MiB after the load per extra partition" in text
     assert "`OMNI_PARTITIONS`, default 8" in text
     assert "- a note" in text

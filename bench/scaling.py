@@ -287,7 +287,7 @@ def saturation_rows(result: dict[str, Any]) -> list[list[str]]:
                 _num(medians[count]),
                 _num(medians[count] / base, 2) if base else "-",
                 _num(statistics.median(r["cpu_us_per_event"] for r in runs)),
-                " ".join(_num(r["events_per_s"]) for r in runs),
+                " ".join(_num(r["events_per_s"]) + ("*" if r.get("drained") else "") for r in runs),
                 " ".join(_num(r["loadavg"][0], 1) for r in runs),
             ]
         )
@@ -368,10 +368,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"{cfg['saturation_events']:,} preloaded bench-mix events (`bench.workload`), "
             f"medians of {cfg.get('saturation_repeat', 1)} runs per count, interleaved; "
             "every worker started at once; the window opens when all are ready and lasts "
-            f"{cfg['saturation_window']:g} s or until the backlog is drained. On 2 cores, "
-            "with the broker and Redis beside them, two workers compete with each other "
-            "and with the services for the same cores: a second worker cannot double "
-            "throughput here; on a machine with a core per worker it could.",
+            f"{cfg['saturation_window']:g} s or until the backlog is drained (runs marked "
+            "*). One worker is one Python process and uses at most about one core (the "
+            "GIL): on 2 cores a second worker can add at most the second core, less what "
+            "the broker and Redis take beside it, and more workers than cores only compete. "
+            "Neighbours' load moves these figures much (see each run's load average): the "
+            "ratio says what the second core was worth here, not what a second machine adds.",
             "",
         ]
     if result.get("rss"):

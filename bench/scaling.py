@@ -447,7 +447,10 @@ def partition_note(result: dict[str, Any]) -> list[str]:
             else ""
         )
         + "; more files and open handles, more changelog partitions to restore, more "
-        "commit and fetch requests per second, longer rebalances (more assignments).",
+        "commit and fetch requests per second, longer rebalances (more assignments). "
+        "Idle stores cost little; memtables fill with writes, so a worker holding many "
+        "partitions of a large state needs a smaller OMNI_ROCKSDB_WRITE_BUFFER_MIB to stay "
+        "within its memory limit.",
         "- Growth: choose the count from the most workers the deployment may ever need "
         "(events/s at peak ÷ events/s per worker, with headroom), rounded up to a number "
         "with many divisors so partitions spread evenly (12 = 1, 2, 3, 4, 6, 12 workers; "

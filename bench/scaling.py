@@ -51,7 +51,7 @@ from typing import Any
 
 import orjson
 import psutil
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from hdrh.histogram import HdrHistogram
 
 from bench.kafkaio import loop_consumer, next_batch, send
@@ -471,6 +471,7 @@ class ArrivalProbe(threading.Thread):
         self.received: dict[str, float] = {}
         self.arrivals: list[tuple[float, int]] = []
         self.assigned = threading.Event()
+        self.error: BaseException | None = None
         self._stop_flag = threading.Event()
         self._consumer = loop_consumer(
             settings,
@@ -480,15 +481,28 @@ class ArrivalProbe(threading.Thread):
         )
 
     def run(self) -> None:
+        try:
+            self._read()
+        except BaseException as error:
+            self.error = error
+        finally:
+            self._consumer.close()
+
+    def _read(self) -> None:
         while not self._stop_flag.is_set():
-            batch = next_batch(self._consumer, 500, timeout=0.1)
+            try:
+                batch = next_batch(self._consumer, 500, timeout=0.1)
+            except KafkaException as error:
+                # A topic created a moment ago may not be in the metadata yet: retry.
+                if error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    continue
+                raise
             arrived = time.time()
             for message in batch:
                 source = orjson.loads(message.value() or b"{}").get("source_event_id")
                 if source in self.sent and source not in self.received:
                     self.received[source] = arrived
                     self.arrivals.append((arrived, message.partition() or 0))
-        self._consumer.close()
 
     def close(self) -> None:
         self._stop_flag.set()
@@ -618,8 +632,13 @@ class Run:
         return time.time()
 
     def check_generator(self) -> None:
+        """Fail the run, not just its figures, when the generator or the probe died."""
         if self.generator is not None and self.generator.error is not None:
             raise RuntimeError(f"generator failed: {self.generator.error!r}")
+        if self.probe.error is not None:
+            raise RuntimeError(f"trigger probe failed: {self.probe.error!r}")
+        if self.generator is not None and not self.generator.is_alive():
+            raise RuntimeError("the generator ran out of planned events (REBALANCE_BUDGET_S)")
 
     def cpu(self) -> dict[int, float]:
         return {m.index: cpu_seconds(m.worker.pid) for m in self.members}

@@ -4,12 +4,15 @@
                         [--rates 1000,5000,half] [--seconds 20] [--variants a,b,c,d,e]
                         [--slow-window 60]
                         [--latency c,a,b]
+                        [--scaling-workers 1,2,3] [--scaling-rate 400] [--scaling-seconds 60]
 
 Figures, not a test: nothing here asserts on timing. With ``--repeat 3`` the
 variants run interleaved (a b c a b c a b c) so a noisy neighbour hurts all of
 them alike, and the tables show medians. Latency runs one open-loop run per
 (rate, variant), variants interleaved per rate; ``half`` is half of c's median
-throughput measured just before. Everything started (broker, Redis,
+throughput measured just before. Then the scale-out part (``bench.scaling``: 1, 2, 3
+workers at a fixed rate, rebalance pauses, saturation, RSS by partition count),
+written to ``scaling.json`` and ``scaling.md``. Everything started (broker, Redis,
 worker, loops) is stopped on exit, Ctrl-C or SIGTERM included.
 """
 
@@ -27,7 +30,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from bench import report
+from bench import report, scaling
 from bench.latency import LatencyResult, Plan, parse_rates, resolve_rates, run_latency
 from bench.quixenv import QuixEnvError, ensure_quix_venv
 from bench.stack import BenchStack, bench_stack, terminate_as_interrupt
@@ -61,6 +64,13 @@ def _latency_variants(text: str) -> list[str]:
 def _rates(text: str) -> list[str]:
     try:
         return parse_rates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return scaling.parse_counts(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -102,6 +112,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=_latency_variants,
         default=["c", "a", "b"],
         help="variants to measure latency for ('' for none)",
+    )
+    # Scale-out (bench.scaling): its own results, scaling.json and scaling.md.
+    p.add_argument(
+        "--scaling-workers",
+        type=_counts,
+        default=[1, 2, 3],
+        help="scale-out: worker counts at a fixed rate ('' for none)",
+    )
+    p.add_argument("--scaling-rate", type=float, default=400.0, help="scale-out: events/s")
+    p.add_argument(
+        "--scaling-seconds", type=float, default=60.0, help="scale-out: seconds per worker count"
+    )
+    p.add_argument(
+        "--scaling-saturation",
+        type=_counts,
+        default=[1, 2],
+        help="scale-out: worker counts for max events/s from a backlog ('' for none)",
+    )
+    p.add_argument(
+        "--scaling-rss",
+        type=_counts,
+        default=[8, 32],
+        help="scale-out: partition counts for one worker's RSS ('' for none)",
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -188,6 +221,24 @@ def run_latencies(
     return results
 
 
+def run_scaling(
+    stack: BenchStack, args: argparse.Namespace, argv: list[str]
+) -> dict[str, Any] | None:
+    """The scale-out part (bench.scaling) on the same stack, unless every part is off."""
+    if not (args.scaling_workers or args.scaling_saturation or args.scaling_rss):
+        return None
+    options = scaling.Options(
+        rate=args.scaling_rate,
+        seconds=args.scaling_seconds,
+        workers=args.scaling_workers,
+        saturation=args.scaling_saturation,
+        rss_partitions=args.scaling_rss,
+        seed=args.seed,
+    )
+    command = " ".join(["python -m bench.run", shlex.join(argv)]).strip()
+    return scaling.measure(stack, options, command, say)
+
+
 def config_of(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     defaults = Settings()
     return {
@@ -230,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"Kafka {stack.bootstrap}, Redis {stack.redis_url}, workdir {stack.workdir}")
             runs = run_throughput(stack, args, notes)
             latencies = run_latencies(stack, args, runs, notes)
+            scaled = run_scaling(stack, args, argv)
     except KeyboardInterrupt:
         say("interrupted: everything started was stopped")
         return 130
@@ -238,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     report.print_report(result)
     report.write(result, args.results_dir)
     say(f"wrote {args.results_dir / 'latest.json'} and latest.md")
+    if scaled is not None:
+        scaling.write(scaled, args.results_dir)
+        say(f"wrote {args.results_dir / 'scaling.json'} and scaling.md")
     return 0
 
 

@@ -326,7 +326,8 @@ class CustomerProcessor:
                     when = record_next_due(value)
                 except ValueError:
                     # The step dead-letters her events and says why; her timers wait.
-                    log.error("Customer record %r on partition %d is corrupt", key, partition)
+                    # No key in the log: it is a customer id.
+                    log.error("A customer record on partition %d is corrupt", partition)
                     continue
                 if when is not None:
                     index.update(key, when)

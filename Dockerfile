@@ -17,7 +17,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Every compiled dependency (confluent-kafka, rocksdict, orjson, cramjam,
+# Every compiled dependency (confluent-kafka, rocksdict, orjson, cramjam, zstandard,
 # aiokafka, faust-streaming, pydantic-core) ships manylinux wheels for
 # CPython 3.11, so no compiler is needed. The sources are removed afterwards:
 # the worker runs the installed package.

@@ -72,6 +72,7 @@ from bench.stack import bench_stack, terminate_as_interrupt
 from devstack.kafka import REPO_ROOT, LocalKafka
 from devstack.ports import free_port
 from devstack.redis import LocalRedis
+from processors.domain.record_codec import decode_record
 from processors.settings import TRIGGER_CHANNELS, Settings
 from processors.topics import ensure_topics
 from producers.actions import new_action_token_key
@@ -589,9 +590,26 @@ def expected_from_worker(
     now: float,
 ) -> oc.ReadModelExpectation:
     """What Redis must hold according to the worker's own final state."""
-    states = {k.decode(): orjson.loads(v) for (_p, k), v in customers.items()}
-    lines = {k.decode(): orjson.loads(v) for (_p, k), v in timelines.items()}
+    states, lines = customer_views(customers, timelines)
     return oc.expected_read_model(states, lines, stats_totals(stats), now)
+
+
+def customer_views(
+    customers: dict[tuple[int, bytes], bytes], timelines: dict[tuple[int, bytes], bytes]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each customer's state and timeline by id, whatever her record's format: a record
+    holds both; a legacy one's timeline (if any) is in the ``timelines`` table."""
+    states: dict[str, Any] = {}
+    lines: dict[str, Any] = {}
+    for (partition, key), value in customers.items():
+        record = decode_record(value)
+        states[key.decode()] = orjson.loads(record.state)
+        timeline = record.timeline
+        if timeline is None:
+            timeline = timelines.get((partition, key))
+        if timeline is not None:
+            lines[key.decode()] = orjson.loads(timeline)
+    return states, lines
 
 
 def stats_totals(
@@ -715,7 +733,7 @@ def score(
             aliases[(ce_topic, r.partition, r.offset)] = first_source[event_id]
     p_score = oc.score_poison(sources, letters, aliases)
 
-    actual_states = {k.decode(): orjson.loads(v) for (_p, k), v in customers.items()}
+    actual_states, actual_lines = customer_views(customers, timelines)
     s_score = oc.score_states(oracle.states, actual_states)
     # How the dedup rings differ tells lost updates from missing events: the same ids in
     # another order = an event applied again later (its first application was lost);
@@ -732,7 +750,6 @@ def score(
             rings["ids missing"] += 1
         else:
             rings["extra ids"] += 1
-    actual_lines = {k.decode(): orjson.loads(v) for (_p, k), v in timelines.items()}
     timeline_differs = sorted(
         c for c, line in oracle.timelines.items() if line and actual_lines.get(c) != line
     )

@@ -15,9 +15,10 @@ Targets of the performance issue: with 1M customers' state the worker's RSS stay
    attaches, calls, ATM withdrawals, consents, accepted overdrafts, spread over days so
    the dedup ring, cooldowns, contact history, offers and timers are what they would
    be), in tiers from light to very active (:data:`TIERS`). Then writes one record per
-   customer id into the ``customers`` and ``timelines`` changelogs: the template's
-   bytes with its customer id replaced by the key's, on the partition the worker's
-   table writes to (murmur2 of the key, as the SDK and ``runtime.py`` compute it).
+   customer id into the ``customers`` changelog, as the worker writes it (state and
+   timeline, :func:`customer_record`): the template's JSON with its customer id
+   replaced by the key's, on the partition the worker's table writes to (murmur2 of
+   the key, as the SDK and ``runtime.py`` compute it).
 3. Starts a worker with an empty data dir and times spawn -> /readyz and "partitions
    assigned" (from its log) -> /readyz, sampling VmRSS/VmHWM and CPU.
 4. Sends ``--events`` events for random customers of the N through the touchpoint
@@ -75,7 +76,9 @@ from bench.workload import (
 from devstack.procs import tail
 from processors.app import step_context
 from processors.domain.model import CustomerState, Event
+from processors.domain.record_codec import decode_record, encode_record
 from processors.domain.step import StepContext, fire_timers, step
+from processors.domain.timers import next_due
 from processors.rulebook import load_ruleset
 from processors.settings import Settings
 
@@ -123,10 +126,20 @@ class Template:
     tier: str
     customer_id: bytes
     home: str
+    #: The state and the timeline as orjson JSON (the previous layout's two values).
     state: bytes
     timeline: bytes
     timers: int
     offers: int
+    #: The earliest timer's due time (None: no timer), for the record's header.
+    due: float | None = None
+
+
+def customer_record(template: Template, key: bytes) -> bytes:
+    """The worker's ``customers`` record of ``template`` for customer id ``key``."""
+    state = template.state.replace(template.customer_id, key)
+    timeline = template.timeline.replace(template.customer_id, key)
+    return encode_record(state, timeline, template.due)
 
 
 def _life(rng: random.Random, cid: str, home: str, tier: Tier, now: float) -> list[Event]:
@@ -173,6 +186,7 @@ def build_template(
         orjson.dumps(timeline),
         len(state.timers),
         len(state.offers),
+        next_due(state.timers),
     )
 
 
@@ -262,7 +276,7 @@ class Fill:
 def fill_changelogs(
     settings: Settings, templates: dict[str, list[Template]], customers: int, seed: int
 ) -> Fill:
-    """One ``customers`` and one ``timelines`` record per customer id, as the worker writes."""
+    """One ``customers`` record per customer id (state and timeline), as the worker writes."""
     rng = random.Random(seed + 1)
     fill = Fill(customers)
     fill.flat = [t for tier in TIERS for t in templates[tier.name]]
@@ -272,7 +286,6 @@ def fill_changelogs(
     tier_names = [t.name for t in TIERS]
     tier_weights = [t.share for t in TIERS]
     customers_topic = changelog_topic(settings, "customers")
-    timelines_topic = changelog_topic(settings, "timelines")
     partitions = settings.partitions
 
     def delivered(error: KafkaError | None, _message: Message) -> None:
@@ -290,9 +303,7 @@ def fill_changelogs(
         fill.tier_counts[tier] += 1
         key = customer_id(index).encode()
         partition = partition_of(key, partitions)
-        state = template.state.replace(template.customer_id, key)
-        timeline = template.timeline.replace(template.customer_id, key)
-        for topic, value in ((customers_topic, state), (timelines_topic, timeline)):
+        for topic, value in ((customers_topic, customer_record(template, key)),):
             while True:
                 try:
                     producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
@@ -332,7 +343,8 @@ def verify_sample(settings: Settings, fill: Fill, sample: int = 200) -> int:
                 if message.error() is not None:
                     continue
                 key = message.key() or b""
-                state = CustomerState.from_dict(orjson.loads(message.value() or b"{}"))
+                record = decode_record(message.value() or b"{}")
+                state = CustomerState.from_dict(orjson.loads(record.state))
                 if state.customer_id.encode() != key:
                     raise RuntimeError(f"record for {key!r} says {state.customer_id}")
                 if message.partition() != partition_of(key, settings.partitions):
@@ -1023,8 +1035,7 @@ def run(stack: BenchStack, args: argparse.Namespace, result: dict[str, Any]) -> 
         "records": dict(fill.records),
         "key_value_bytes": dict(fill.key_value_bytes),
         "broker_log_bytes": {t: topic_disk_bytes(stack, t) for t in topics},
-        "mean_state_bytes": round(fill.value_bytes[topics[0]] / args.customers),
-        "mean_timeline_bytes": round(fill.value_bytes[topics[1]] / args.customers),
+        "mean_record_bytes": round(fill.value_bytes[topics[0]] / args.customers),
         "tier_counts": dict(fill.tier_counts),
         "verified_records": checked,
     }
@@ -1180,10 +1191,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"({result['config']['partitions']} partitions), {result['finished_at'][:16]}Z",
         "",
         *([f"Measured: {result['config']['note']}", ""] if result["config"].get("note") else []),
-        f"Changelogs: {sum(cl.get('records', {}).values()):,} records (customers + timelines), "
-        f"{kv:,.0f} MiB key+value, {disk:,.0f} MiB on the broker (lz4); mean record "
-        f"{_f(cl.get('mean_state_bytes'), 0)} B state + {_f(cl.get('mean_timeline_bytes'), 0)} B "
-        "timeline.",
+        f"Changelogs: {sum(cl.get('records', {}).values()):,} records (one per customer: "
+        f"state and timeline), {kv:,.0f} MiB key+value, {disk:,.0f} MiB on the broker (lz4); "
+        f"mean record {_f(cl.get('mean_record_bytes'), 0)} B (bench/results/state-size.md).",
         "",
         "| | target | measured | |",
         "| --- | --- | --- | --- |",

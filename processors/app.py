@@ -213,8 +213,11 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
             },
         )
 
+    # One record per customer: state and timeline (processors/domain/record_codec.py).
     table = state_table("customers")
-    # The interaction timeline lives beside the compact customer record, not inside it.
+    # Timelines of records written before records held them: read as a fallback and
+    # deleted as their customers are written (and at an erasure); kept so that a
+    # store or changelog of an older worker still loads.
     timelines = state_table("timelines")
     # Offer performance per rule and channel, per partition (S11).
     stats = state_table("stats")

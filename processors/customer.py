@@ -1,9 +1,10 @@
 """The customer step: one batch of customer events in, state, triggers, decisions and
 read-model writes out; and the timer tick.
 
-Per batch: group events by partition and customer, read each customer's state
-and timeline once, run the pure ``step``, put each changed record once (one
-changelog record per customer per batch, pending in
+Per batch: group events by partition and customer, read each customer's record
+(state and timeline, :mod:`processors.domain.record_codec`) once, run the pure
+``step``, put each changed record once (one changelog record per customer per
+batch, pending in
 :class:`processors.output.TableWriter` until the checkpoint commits the batch),
 queue triggers and decisions on the librdkafka producer (never awaited one by
 one), and hand the read-model writes to the Redis writer, which acks the batch
@@ -42,6 +43,7 @@ from processors.domain.read_model import (
     stats_write,
     timeline_write,
 )
+from processors.domain.record_codec import decode_record, encode_record, record_next_due
 from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
 from processors.metrics import Metrics
@@ -50,9 +52,6 @@ from processors.projection import ReadModelWriter
 from processors.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: The state record serializes its (always present) timer list like this when empty.
-_NO_TIMERS = b'"timers":[]'
 
 
 StatCounts = defaultdict[tuple[str, str], defaultdict[str, float]]
@@ -76,8 +75,10 @@ class CustomerProcessor:
     metrics: Metrics
     producer: OutputProducer
     checkpoint: Checkpoint
-    #: The customer records (Faust table ``customers``).
+    #: The customer records, state and timeline (Faust table ``customers``).
     records: TableWriter
+    #: Timelines written before records held them (table ``timelines``): read for a
+    #: legacy record, deleted when she is next written; empty in a new deployment.
     timelines: TableWriter
     #: "<rule>|<channel>" -> counters, per partition (S11 offer performance).
     stats: TableWriter
@@ -175,8 +176,7 @@ class CustomerProcessor:
         Everything that can fail (decoding, the step, projecting, encoding) runs before
         anything is written or sent, so a failure leaves no trace.
         """
-        state = self._load(key, partition)
-        stored_timeline = self.timelines.get(key, partition)
+        state, stored_timeline, legacy_timeline = self._load(key, partition)
         timeline = [] if stored_timeline is None else orjson.loads(stored_timeline)
         timeline_changed = False
         outputs: list[StepOutputs] = []
@@ -227,6 +227,7 @@ class CustomerProcessor:
                 timeline,
                 timeline_changed,
                 stored_timeline,
+                legacy_timeline,
             )
         if due is not None:
             due.update(key, next_due(state.timers))
@@ -250,23 +251,34 @@ class CustomerProcessor:
         timeline: list[dict[str, Any]],
         timeline_changed: bool,
         stored_timeline: bytes | None,
+        legacy_timeline: bool,
     ) -> list[ReadModelWrite]:
-        """Put the customer's record and timeline; her read-model writes."""
+        """Put the customer's record (state and timeline); her read-model writes."""
         # Duplicates re-project too: after a crash, replayed events are duplicates and
         # this is what makes the read model converge (whole values, idempotent).
         # An erased customer's keys go first: the new customer's values (later) win.
         writes = [*erased_keys, *project(state, now)]
-        encoded_timeline = orjson.dumps(timeline) if timeline_changed else stored_timeline
+        encoded_timeline = (
+            orjson.dumps(timeline) if timeline_changed else (stored_timeline or b"[]")
+        )
         if timeline:
             writes.append(timeline_write(state.customer_id, timeline, encoded_timeline))
+        if not any(out.changed for out in outputs):
+            return writes
         # The step's own encoding (after the size caps) when the last step made one.
-        changed = any(out.changed for out in outputs)
-        encoded = (outputs[-1].state_encoded or orjson.dumps(state)) if changed else None
+        encoded = outputs[-1].state_encoded or orjson.dumps(state)
+        record = encode_record(encoded, encoded_timeline, next_due(state.timers))
         # --- nothing below fails on bad input ---
-        if encoded is not None:
+        if len(record) <= self.ctx.policy.max_state_bytes:
+            self.records.put(key, record, partition)
+            if legacy_timeline:  # now in her record: the old table's copy goes
+                self.timelines.put(key, None, partition)
+        else:
+            # Compressed state and timeline over the limit (high-entropy text in a long
+            # timeline; not seen on real data): the legacy layout, whose state JSON the
+            # caps keep within the limit and whose timeline is bounded on its own.
             self.records.put(key, encoded, partition)
-            if timeline_changed:
-                self.timelines.put(key, encoded_timeline, partition)
+            self.timelines.put(key, encoded_timeline, partition)
         return writes
 
     def _failed(
@@ -287,9 +299,19 @@ class CustomerProcessor:
             return
         self._deadletter(event, exc)
 
-    def _load(self, key: bytes, partition: int) -> CustomerState | None:
+    def _load(self, key: bytes, partition: int) -> tuple[CustomerState | None, bytes | None, bool]:
+        """Her state, her timeline's JSON (None: none) and whether that timeline is a
+        legacy one, from the ``timelines`` table. Raises on a corrupt record."""
         stored = self.records.get(key, partition)
-        return None if stored is None else CustomerState.from_dict(orjson.loads(stored))
+        if stored is None:
+            return None, None, False
+        record = decode_record(stored)
+        state = CustomerState.from_dict(orjson.loads(record.state))
+        if record.timeline is not None:
+            return state, record.timeline, False
+        # A record written before records held timelines (or the over-limit fallback).
+        legacy = self.timelines.get(key, partition)
+        return state, legacy, legacy is not None
 
     # --- timers ---------------------------------------------------------------------------
 
@@ -299,9 +321,14 @@ class CustomerProcessor:
         indexed = 0
         for partition, index in self.due.items():
             for key, value in self.records.scan(partition):
-                if _NO_TIMERS in value:
+                try:
+                    # A record's header holds it: nothing is decompressed here.
+                    when = record_next_due(value)
+                except ValueError:
+                    # The step dead-letters her events and says why; her timers wait.
+                    # No key in the log: it is a customer id.
+                    log.error("A customer record on partition %d is corrupt", partition)
                     continue
-                when = next_due(orjson.loads(value).get("timers") or [])
                 if when is not None:
                     index.update(key, when)
                     indexed += 1

@@ -18,6 +18,11 @@ a drop: entitlements past expiry, offers a day past expiry, contact history past
 its window, the dedup ring's rotation, timers refused when 64 are pending
 (``timers_refused``).
 
+The stored record (:mod:`processors.domain.record_codec`) is this JSON and the
+timeline, compressed: checked against the same limit where it is written, it
+falls back to the state JSON alone (and the timeline in its old table) when over,
+so the caps measure the JSON and behave as before.
+
 The rest of the record is bounded by the contract, so the byte cap can always be
 met (``Settings.max_state_bytes`` is at least 64 KiB): traits (a closed set of
 profile fields, lists of at most 20 items), consents (4 channels x 2 purposes),

@@ -1,14 +1,16 @@
 """The customer's recent cross-channel history (S1 branch briefing, call center).
 
-Kept beside the compact customer record, not inside it (its own table and its
-own Redis key ``omni:timeline:<customer_id>``), newest first and capped, so the
-record the rules read stays small.
+Kept beside the customer's state, not inside it (stored in the same changelog
+record, :mod:`processors.domain.record_codec`, but parsed apart, and its own Redis
+key ``omni:timeline:<customer_id>``), newest first and capped, so the state the
+rules read stays small.
 
-Bounded like the record: at most ``cap`` entries (``OMNI_TIMELINE_LENGTH``, at most
+Bounded like the state: at most ``cap`` entries (``OMNI_TIMELINE_LENGTH``, at most
 200) of at most :data:`MAX_ENTRY_BYTES` each (a summary is cut at
 :data:`SUMMARY_CHARS`; the other fields are bounded by the contract), so the
-timeline's table value stays below the broker's 1 MiB message limit whatever the
-input (200 x 2,104 bytes < 420 KB; a typical entry is about 150 bytes).
+timeline's JSON stays below the broker's 1 MiB message limit whatever the
+input (200 x 2,104 bytes < 420 KB; a typical entry is about 150 bytes), also in
+the rare record stored in the legacy layout (``timelines`` table).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Rewrite the Redis read model from the state changelogs (`omni redis rebuild`).
 
-The changelog topics hold every customer's newest state and timeline and every
+The changelog topics hold every customer's newest record (state and timeline,
+:mod:`processors.domain.record_codec`; a legacy record's timeline is on the
+``timelines`` changelog) and every
 partition's offer counters (they are compacted), so the read model, ``omni:stats:*``
 included, can always be derived again from them, without the worker. Records
 of checkpoints whose input was never committed are skipped, by the rule the
@@ -18,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from processors.checkpoint import CommittedOffsets, header_value, record_is_committed
 from processors.domain.model import CustomerState
 from processors.domain.read_model import ReadModelWrite, project, stats_write, timeline_write
+from processors.domain.record_codec import decode_record
 from processors.projection import queue_writes
 from processors.settings import Settings
 
@@ -51,11 +54,14 @@ def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, 
     for (partition, key), value in latest.items():
         if value is None:
             continue
-        state = CustomerState.from_dict(orjson.loads(value))
+        record = decode_record(value)
+        state = CustomerState.from_dict(orjson.loads(record.state))
         customers += 1
         writes = project(state, now)
-        timeline = timelines.get((partition, key))  # co-partitioned: same key, same partition
-        if timeline:
+        timeline = record.timeline
+        if timeline is None:  # a legacy record: co-partitioned, same key, same partition
+            timeline = timelines.get((partition, key))
+        if timeline and timeline != b"[]":
             writes.append(timeline_write(state.customer_id, orjson.loads(timeline)))
         queue(writes)
     queue(

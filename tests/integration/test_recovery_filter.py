@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from processors.checkpoint import SOURCE_HEADER, header_value, parse_source
+from processors.domain.record_codec import decode_record, encode_record
 from processors.settings import Settings
 from processors.tools.rebuild import changelog_topic, read_changelog
 from producers.sdk import TouchpointProducer
@@ -90,13 +91,14 @@ def test_records_of_uncommitted_checkpoints_are_skipped(
 
     # What a worker killed after its flush and before its commit leaves: a newer record
     # of the same key, for input the group never committed.
-    forged = orjson.loads(value)
+    record = decode_record(value)
+    forged = orjson.loads(record.state)
     forged["traits"]["home_country"] = "XX"
     uncommitted = f"{writer[0]}.{writer[1]}:{offset + 1_000_000}".encode()
     producer = Producer(settings.kafka_client_config())
     producer.produce(
         changelog_topic(settings),
-        orjson.dumps(forged),
+        encode_record(orjson.dumps(forged), record.timeline or b"[]", None),
         cid.encode(),
         partition,
         headers=[(SOURCE_HEADER, uncommitted)],

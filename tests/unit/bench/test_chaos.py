@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from bench import chaos_oracle as oc
-from bench.chaos import stop_excerpt
+from bench.chaos import customer_views, stop_excerpt
 from bench.chaos_faults import (
     FAILOVER,
     FAULT_KINDS,
@@ -525,3 +525,19 @@ def test_markdown_excerpt_keeps_the_beginning_and_the_end() -> None:
     excerpt = stop_excerpt(report, head=5, tail=2)
     assert excerpt == ["l0", "l1", "l2", "l3", "l4", "[... 193 lines ...]", "l198", "l199"]
     assert stop_excerpt("a\nb") == ["a", "b"]
+
+
+def test_the_final_state_is_read_from_either_record_format() -> None:
+    from processors.domain.record_codec import encode_record
+
+    new_state, old_state = {"customer_id": "a", "timers": []}, {"customer_id": "b"}
+    line = [{"type": "x"}]
+    customers = {
+        (0, b"a"): encode_record(orjson.dumps(new_state), orjson.dumps(line), None),
+        (1, b"b"): orjson.dumps(old_state),  # a record of the previous layout
+        (1, b"c"): orjson.dumps({"customer_id": "c"}),  # ... without a timeline
+    }
+    timelines = {(1, b"b"): orjson.dumps(line)}
+    states, lines = customer_views(customers, timelines)
+    assert states == {"a": new_state, "b": old_state, "c": {"customer_id": "c"}}
+    assert lines == {"a": line, "b": line}

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry
 
 from processors.app import OmniApp, create_app, step_context
 from processors.checkpoint import Checkpoint
 from processors.customer import CustomerProcessor
+from processors.domain.record_codec import decode_record
 from processors.metrics import Metrics
 from processors.output import TableWriter
 from processors.rulebook import load_ruleset
@@ -80,6 +82,19 @@ def customer_processor(
         deadletter_topic="touchpoint.deadletter",
         writer=Writer(),  # type: ignore[arg-type]
     )
+
+
+def stored_state(records: TableWriter, key: bytes, partition: int = 0) -> Any:
+    """The state a customer record holds (None: no record), whatever its format."""
+    value = records.get(key, partition)
+    return None if value is None else orjson.loads(decode_record(value).state)
+
+
+def stored_timeline(records: TableWriter, key: bytes, partition: int = 0) -> Any:
+    """The timeline a customer record holds (None: no record, or a legacy one)."""
+    value = records.get(key, partition)
+    timeline = None if value is None else decode_record(value).timeline
+    return None if timeline is None else orjson.loads(timeline)
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from processors.app import OmniApp, create_app
 from processors.settings import Settings
 from producers.simulator import make_event
+from tests.unit.processors.doubles import stored_state
 from tests.unit.processors.fake_redis import FakeRedis
 
 
@@ -188,7 +189,7 @@ def test_customer_agent_folds_an_event_into_state_outputs_and_read_model(tmp_pat
 
     w, event = asyncio.run(scenario())
     pipeline = w.app.pipeline
-    state = orjson.loads(pipeline.customer.records.get(b"c1", 0) or b"null")
+    state = stored_state(pipeline.customer.records, b"c1", 0)
     assert state["customer_id"] == "c1" and state["last_seen"]["kiosk"] > 0
     # Outputs: the two rules on a check-in, one trigger each, and their decisions.
     triggers = {r[0]: orjson.loads(r[2])["type"] for r in w.produced if r[0].startswith("trigger.")}
@@ -224,10 +225,9 @@ def test_customer_agent_dead_letters_an_undecodable_event_and_goes_on(tmp_path: 
     assert letter["raw"] == "{not json"
     assert pipeline.customer.records.get(b"c2", 0) is None
     for key, language in ((b"c1", "de"), (b"c3", "fr")):
-        assert (
-            orjson.loads(pipeline.customer.records.get(key, 0) or b"{}")["traits"]["language"]
-            == language
-        )
+        assert (stored_state(pipeline.customer.records, key, 0) or {})["traits"][
+            "language"
+        ] == language
     assert w.sample("omni_events_deadlettered_total", reason="processing_error") == 1
 
 

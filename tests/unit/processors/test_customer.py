@@ -20,7 +20,7 @@ from processors.checkpoint import header_value
 from processors.customer import CustomerProcessor
 from processors.domain.timers import DueIndex
 from producers.simulator import make_event
-from tests.unit.processors.doubles import Event, Message, customer_processor
+from tests.unit.processors.doubles import Event, Message, customer_processor, stored_state
 
 TOPIC = "omni.customer-events"
 CHANGELOG = "app-customers-changelog"  # the test Table's changelog topic name
@@ -65,14 +65,14 @@ def cart(customer: str) -> dict[str, Any]:
 def test_an_event_gives_a_pending_record_outputs_and_read_model_writes(tmp_path: Path) -> None:
     processor = build(tmp_path)
     process(processor, event(check_in("c1"), 41))
-    state = orjson.loads(processor.records.get(b"c1", 0) or b"null")
+    state = stored_state(processor.records, b"c1", 0)
     assert state["customer_id"] == "c1"
     topics = [s[0] for s in sent(processor)]
     assert topics.count("trigger.push") == 1 and topics.count("trigger.crm") == 1
     assert topics.count("decision.log") == 2
-    # The record went to the changelog stamped with the batch's last input offset, and
-    # waits for the checkpoint's commit (not in RocksDB yet).
-    [record] = [s for s in sent(processor) if s[0] == CHANGELOG and s[2].startswith(b'{"customer')]
+    # One record (state and timeline) went to the changelog stamped with the batch's
+    # last input offset, and waits for the checkpoint's commit (not in RocksDB yet).
+    [record] = [s for s in sent(processor) if s[0] == CHANGELOG and s[1] == b"c1"]
     assert record[1] == b"c1" and (header_value(record[6]) or b"").endswith(b":41")
     assert processor.checkpoint.pending_events == 1
     assert processor.records.table.data.partition_db(0).get(b"c1") is None  # type: ignore[attr-defined]
@@ -86,7 +86,7 @@ def test_events_of_a_partition_no_longer_owned_are_left_to_its_new_owner(tmp_pat
     processor.on_processed = lambda partition, offset: processed.append((partition, offset))
     process(processor, event(check_in("c1"), 5, partition=7), event(check_in("c2"), 9))
     assert processor.records.get(b"c1", 7) is None
-    assert orjson.loads(processor.records.get(b"c2", 0) or b"null")["customer_id"] == "c2"
+    assert stored_state(processor.records, b"c2", 0)["customer_id"] == "c2"
     keys = {s[1] for s in sent(processor)}
     assert b"c2" in keys and b"c1" not in keys
     assert processed == [(0, 9)]
@@ -116,7 +116,7 @@ def test_a_due_timer_fires_when_its_marker_is_read(tmp_path: Path) -> None:
     reminders = [orjson.loads(s[2]) for s in sent(processor) if s[0].startswith("trigger.")]
     assert [r["type"] for r in reminders] == ["cart_reminder"]
     assert processor.metrics.timers_fired._value.get() == 1
-    state = orjson.loads(processor.records.get(b"c1", 0) or b"null")
+    state = stored_state(processor.records, b"c1", 0)
     assert [t["kind"] for t in state["timers"]] == ["ignored_check"]  # the cart timer is gone
     assert processor.fire_due(time.time() + 3600) == 0  # nothing left to fire
 
@@ -148,4 +148,4 @@ def test_a_failing_timer_is_retried_in_a_minute_not_dead_lettered(
     assert due.pop_due(started + 59) == []
     assert due.pop_due(time.time() + 61) == [b"c1"]
     # The timer is still in the record, for the retry.
-    assert len(orjson.loads(processor.records.get(b"c1", 0) or b"null")["timers"]) == 1
+    assert len(stored_state(processor.records, b"c1", 0)["timers"]) == 1

@@ -12,7 +12,7 @@ import pytest
 import processors.customer as customer_module
 from processors.customer import CustomerProcessor
 from producers.simulator import make_event
-from tests.unit.processors.doubles import Event, Message, customer_processor
+from tests.unit.processors.doubles import Event, Message, customer_processor, stored_state
 
 
 @pytest.fixture
@@ -52,9 +52,9 @@ def test_an_event_that_raises_is_deadlettered_and_the_rest_goes_on(
     assert "ValueError" in deadletters[0]["errors"][0]
     # Not a channel's fault: counted under channel "none", so no channel's spike alert fires.
     assert processor.metrics.deadlettered_by_channel("none", "processing_error")._value.get() == 1
-    alice_state = orjson.loads(processor.records.get(b"alice", 0) or b"{}")
+    alice_state = stored_state(processor.records, b"alice", 0) or {}
     # Before the bad event DE, after it the language: the bad event left no trace.
     assert alice_state["traits"]["home_country"] == "DE"
     assert alice_state["traits"]["language"] == "de"
-    bob_state = orjson.loads(processor.records.get(b"bob", 0) or b"{}")
+    bob_state = stored_state(processor.records, b"bob", 0) or {}
     assert bob_state["traits"]["home_country"] == "FR"

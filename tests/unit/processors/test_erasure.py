@@ -23,7 +23,12 @@ from producers.simulator import make_event
 from schemas import EventValidator
 from schemas.validate import Rejection, validate_record
 from tests.unit.processors.doubles import Event as RawEvent
-from tests.unit.processors.doubles import Message, customer_processor
+from tests.unit.processors.doubles import (
+    Message,
+    customer_processor,
+    stored_state,
+    stored_timeline,
+)
 
 CID = "maria"
 
@@ -177,7 +182,7 @@ def known_customer(tmp_path: Path) -> CustomerProcessor:
     process(processor, *(raw(r, n) for n, r in enumerate(events_of_a_known_customer())))
     processor.rebuild_due({0, 1})
     assert processor.records.get(CID.encode(), 0) is not None
-    assert processor.timelines.get(CID.encode(), 0) is not None
+    assert stored_timeline(processor.records, CID.encode())  # her timeline is in it
     assert CID.encode() in processor.due[0]
     return processor
 
@@ -220,7 +225,7 @@ def test_an_erasure_then_a_new_event_writes_the_new_customer_after_the_deletes(
         raw(erasure(), 10),
         raw(make_event(CID, "crm", "profile.updated", {"language": "fr"}), 11),
     )
-    state = orjson.loads(processor.records.get(CID.encode(), 0) or b"null")
+    state = stored_state(processor.records, CID.encode())
     assert state["traits"] == {"language": "fr", "funnel_stage": "awareness"}
     assert state["coupons"] == {} and state["entitlements"] == {}
     keys = [w.key for w in redis_writes(processor)]

@@ -195,7 +195,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     store_options = {
         "write_buffer_size": settings.rocksdb_write_buffer_mib * MIB,
         "max_write_buffer_number": 2,
+        # Shared by every table partition of this worker (processors/store.py).
         "block_cache_size": settings.rocksdb_block_cache_mib * MIB,
+        "memtable_budget": settings.rocksdb_memtable_budget_mib * MIB,
     }
 
     def state_table(name: str) -> TableT[bytes, bytes]:

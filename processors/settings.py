@@ -120,12 +120,21 @@ class Settings(BaseSettings):
     # --- Worker ------------------------------------------------------------
     data_dir: str = Field(".omni/worker", description="Faust data dir (RocksDB state)")
     # Faust opens one RocksDB per table and partition with 3 x 64 MiB memtables and a
-    # 2 GiB block cache each: 24 of them grew a 1M-customer worker past 3.5 GiB.
+    # 2 GiB block cache each: 24 of them grew a 1M-customer worker past 3.5 GiB. Here the
+    # cache and the memtable budget are per worker, shared by all its table partitions.
     rocksdb_write_buffer_mib: int = Field(
         16, ge=1, description="RocksDB memtable size per table partition (two of them), MiB"
     )
+    rocksdb_memtable_budget_mib: int = Field(
+        256,
+        ge=16,
+        description="All RocksDB memtables of the worker together, MiB (past it the largest "
+        "are flushed)",
+    )
     rocksdb_block_cache_mib: int = Field(
-        32, ge=1, description="RocksDB block cache per table partition, MiB"
+        256,
+        ge=8,
+        description="RocksDB block cache of the worker, shared by all its table partitions, MiB",
     )
     web_bind: str = Field("127.0.0.1", description="Address of the health and metrics endpoints")
     web_port: int = Field(6066, description="Health endpoints /livez and /readyz")

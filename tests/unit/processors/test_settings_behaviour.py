@@ -269,10 +269,26 @@ def test_producer_linger_ms_reaches_both_producers(
 
 
 def test_rocksdb_memory_settings_size_each_table_store(tmp_path: Path) -> None:
-    with built_app(tmp_path, rocksdb_write_buffer_mib=3, rocksdb_block_cache_mib=5) as app:
+    with built_app(
+        tmp_path,
+        rocksdb_write_buffer_mib=3,
+        rocksdb_block_cache_mib=9,
+        rocksdb_memtable_budget_mib=20,
+    ) as app:
         options = app.tables["customers"].data.rocksdb_options  # type: ignore[attr-defined]
         assert options.write_buffer_size == 3 * 1024 * 1024
-        assert options.block_cache_size == 5 * 1024 * 1024
+        assert options.block_cache_size == 9 * 1024 * 1024
+        assert options.memtable_budget == 20 * 1024 * 1024
+        # One cache for every table partition of the worker, not one each.
+        stores = [app.tables[name].data for name in ("customers", "stats")]
+        dbs = [store.partition_db(p) for store in stores for p in (0, 1)]  # type: ignore[attr-defined]
+        try:
+            assert {db.property_int_value("rocksdb.block-cache-capacity") for db in dbs} == {
+                9 * 1024 * 1024
+            }
+        finally:
+            for db in dbs:
+                db.close()
 
 
 def test_changelog_min_compaction_lag_seconds_configures_the_changelog_topics(
@@ -780,6 +796,7 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
     "redis_ca_file": test_redis_ca_file_makes_every_redis_client_verify_tls_with_that_ca,
     "rocksdb_write_buffer_mib": test_rocksdb_memory_settings_size_each_table_store,
     "rocksdb_block_cache_mib": test_rocksdb_memory_settings_size_each_table_store,
+    "rocksdb_memtable_budget_mib": test_rocksdb_memory_settings_size_each_table_store,
     "batch_max_events": agent_tests.test_ingest_batches_hold_at_most_batch_max_events,
     "max_event_bytes": ingest_tests.test_max_event_bytes_is_the_largest_value_forwarded,
     "max_event_age_seconds": (

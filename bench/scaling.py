@@ -428,19 +428,22 @@ def partition_note(result: dict[str, Any]) -> list[str]:
     cfg = result["config"]
     per = rss_per_partition(result.get("rss", []))
     worst = 3 * (2 * cfg["write_buffer_mib"] + cfg["block_cache_mib"])
+    default = Settings.model_fields["partitions"].default
     return [
-        "## The partition count (`OMNI_PARTITIONS`, default 8)",
+        f"## The partition count (`OMNI_PARTITIONS`, default {default})",
         "",
         "- Partitions bound parallelism: a partition is processed by one worker at a time, "
-        "so 8 partitions allow at most 8 busy workers (a 9th would be idle).",
+        f"so {default} partitions allow at most {default} busy workers (one more is idle).",
         "- The count cannot grow cheaply later: a customer's partition is murmur2(key) mod "
         "the count, so changing it re-keys customers across partitions. Their state "
         "(RocksDB + changelog partitions), timers and in-flight events would sit in the "
         "wrong partition; the contract topics and the changelogs must keep equal counts, "
         "so a change means a migration (new topics, state rebuilt), not a setting.",
-        "- A higher count costs per worker: 3 RocksDB stores per partition it holds, "
-        f"each up to {2 * cfg['write_buffer_mib']} MiB of memtables + "
-        f"{cfg['block_cache_mib']} MiB block cache ({worst} MiB per partition at worst)"
+        "- A higher count costs per worker: 3 RocksDB stores per partition it holds "
+        "(memtables of "
+        f"{cfg['write_buffer_mib']} MiB, within the worker's shared memtable budget and "
+        "block cache since the shared cache landed; before it, up to "
+        f"{worst} MiB per partition at worst)"
         + (
             f"; measured here {per:.1f} MiB RSS per extra partition after a small load"
             if per is not None
@@ -448,9 +451,9 @@ def partition_note(result: dict[str, Any]) -> list[str]:
         )
         + "; more files and open handles, more changelog partitions to restore, more "
         "commit and fetch requests per second, longer rebalances (more assignments). "
-        "Idle stores cost little; memtables fill with writes, so a worker holding many "
-        "partitions of a large state needs a smaller OMNI_ROCKSDB_WRITE_BUFFER_MIB to stay "
-        "within its memory limit.",
+        "Idle stores cost little; the memtable budget "
+        "(OMNI_ROCKSDB_MEMTABLE_BUDGET_MIB) and the block cache (OMNI_ROCKSDB_BLOCK_CACHE_MIB) "
+        "bound a worker's RocksDB memory whatever the partitions it holds.",
         "- Growth: choose the count from the most workers the deployment may ever need "
         "(events/s at peak ÷ events/s per worker, with headroom), rounded up to a number "
         "with many divisors so partitions spread evenly (12 = 1, 2, 3, 4, 6, 12 workers; "

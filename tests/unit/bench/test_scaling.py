@@ -218,7 +218,7 @@ def test_markdown_renders_every_table() -> None:
     assert "| 1 | 2,500 | 1.00 | 310 | 3,000 2,000 | 2.0 4.0 |" in text
     assert "| 2 | 3,300 | 1.32 | 490 | 3,600 3,000 | 2.5 4.0 |" in text
     assert "5.0 MiB after the load per extra partition" in text
-    assert "`OMNI_PARTITIONS`, default 8" in text
+    assert "`OMNI_PARTITIONS`, default 24" in text
     assert "- a note" in text
 
 

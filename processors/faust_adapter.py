@@ -27,6 +27,8 @@ from faust.tables import Table
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, Message, StreamT
 from mode import Service, ServiceT
+from mode.utils.objects import cached_property
+from mode.utils.queues import FlowControlEvent
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -95,6 +97,11 @@ INTERNALS: Final[tuple[Internal, ...]] = (
         "standby changelog partitions: their records wait for their checkpoint's commit",
     ),
     Internal("faust.sensors.Monitor", "stream_inbound_time", "Faust's slow-stream warning"),
+    Internal(
+        "mode.utils.queues.FlowControlEvent",
+        "_queues",
+        "resume() empties them: the streams' delivered events are left out",
+    ),
 )
 
 
@@ -325,8 +332,57 @@ class FaustTable(Table):
         return super()._new_store_by_url(url)
 
 
+class StreamFlowControl(FlowControlEvent):
+    """``app.flow_control`` whose :meth:`resume` keeps the events already delivered into
+    the streams of acked topics.
+
+    Faust's ``resume()`` empties every stream queue, whether flow was suspended or not,
+    and its recovery calls it after the task that seeks the partitions to their committed
+    offsets has returned, so the fetch loop runs in between: the records it delivered
+    there (read offsets recorded, nothing wrong with them) were thrown away, never
+    processed nor acked, and the partition's commit stalled at the first of them until
+    the next rebalance (README "Reliability"). A revocation still empties the queues
+    (``flow_control.clear()``), and the changelog queue is still emptied on resume.
+    """
+
+    def __init__(self, kept: Callable[[], Set[Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: The queues to leave alone on resume, asked for at each resume.
+        self.kept_queues = kept
+
+    def resume(self) -> None:
+        queues = self._queues
+        kept = [queue for queue in self.kept_queues() if queue in queues]
+        queues.difference_update(kept)
+        try:
+            super().resume()
+        finally:
+            queues.update(kept)
+
+
+def delivered_stream_queues(app: AppT) -> Set[Any]:
+    """The queues the conductor delivers records of acked topics into (not changelogs)."""
+    conductor = app.topics
+    subscribers = conductor._tp_index  # type: ignore[attr-defined]
+    changelogs = cast("TableManager", app.tables).changelog_queue
+    return {
+        channel.queue
+        for tp, channels in subscribers.items()
+        if conductor.acks_enabled_for(tp.topic)
+        for channel in channels
+        if channel.queue is not changelogs
+    }
+
+
 class FaustApp(faust.App):
-    """Faust's app; override :meth:`new_transport` to choose the transport."""
+    """Faust's app; override :meth:`new_transport` to choose the transport.
+
+    Its ``flow_control`` is a :class:`StreamFlowControl`.
+    """
+
+    @cached_property
+    def flow_control(self) -> FlowControlEvent:
+        return StreamFlowControl(lambda: delivered_stream_queues(self), loop=self.loop)
 
     def _new_transport(self) -> TransportT:
         return self.new_transport()

@@ -31,7 +31,11 @@ a commit pass an event that was never processed, or process one out of order
   between, records from wherever the client's position was were delivered (a
   restarted worker forwarded an event before the one produced before it);
 * ``_new_offset`` commits past one unacked offset at the head of a partition
-  (its check is ``min(acked) - committed > 1``).
+  (its check is ``min(acked) - committed > 1``);
+* the recovery resumes flow control (which empties every stream queue) after its
+  seek has returned and the fetch loop has delivered: those events were dropped
+  with their offsets recorded as delivered, a commit stall (kept now:
+  :class:`processors.faust_adapter.StreamFlowControl`).
 
 Here every record of an acked topic must be the next one: when it is not, the
 partition is sought back and fetched again (:meth:`BulkDeliveryConsumer.check_position`;

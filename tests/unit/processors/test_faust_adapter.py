@@ -145,6 +145,7 @@ ATTRIBUTES: dict[str, Any] = {
     "recovery": lambda app: app.tables.recovery.completed.is_set,
     "standby_tps": lambda app: app.tables.recovery.standby_tps.__contains__,
     "stream_inbound_time": lambda app: Monitor().stream_inbound_time,
+    "_queues": lambda app: app.flow_control._queues.difference_update,
 }
 
 
@@ -188,6 +189,18 @@ def test_our_overrides_are_what_faust_calls(app: OmniApp) -> None:
     assert consumer._new_offset(EVENTS) == 99
     assert type(consumer._new_consumer_thread()) is consumer.consumer_thread
     assert type(app.transport).__name__ == "BulkDeliveryTransport"
+    assert isinstance(app.flow_control, faust_adapter.StreamFlowControl)
+
+
+def test_faust_still_empties_the_stream_queues_when_recovery_resumes_flow() -> None:
+    # What StreamFlowControl corrects: resume() empties every managed queue, and the
+    # recovery resumes flow after its seek (a task of its own) has returned.
+    from mode.utils.queues import FlowControlEvent
+
+    assert "self.clear()" in inspect.getsource(FlowControlEvent.resume)
+    on_recovery_completed = inspect.getsource(faust.tables.recovery.Recovery.on_recovery_completed)
+    seek = on_recovery_completed.index("consumer.perform_seek()")
+    assert on_recovery_completed.index("self.app.flow_control.resume()") > seek
 
 
 #: Where a private name may appear: this adapter only.

@@ -246,6 +246,80 @@ class TestFetchLoop:
         assert consumer.read_offsets[EVENTS] == 10
 
 
+class Subscriber:
+    """A stream's channel as the conductor sees it: records of its topic go to ``queue``."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+
+class TestFlowResume:
+    """Faust's recovery seeks the partitions to their committed offsets in a task of its
+    own, then, once it is woken up, resumes flow control. The fetch loop runs in between
+    and delivers records into the streams' queues, recording their read offsets. Faust's
+    ``flow_control.resume()`` empties every stream queue: those events were never
+    processed nor acked, nothing fetched them again, and the partition's commit stalled at
+    the first of them ("offset N was delivered but never acknowledged")."""
+
+    @pytest.fixture()
+    def stream_queue(self, app: OmniApp) -> Any:
+        app.topics.acking_topics.add(EVENTS.topic)
+        queue = app.FlowControlQueue(maxsize=100, clear_on_resume=True)  # as a channel's
+        app.topics._tp_index[EVENTS].add(Subscriber(queue))
+        app.flow_control.resume()  # recovery resumed flow to read the changelogs
+        return queue
+
+    def deliver(
+        self, consumer: BulkDeliveryConsumer, queue: Any, offsets: list[int], monkeypatch: Any
+    ) -> None:
+        """The fetch loop delivers ``offsets`` (one fetch) as the conductor does: queued."""
+        pending = [offsets]
+        fetcher = Service()
+
+        async def getmany(timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+            if not pending:
+                await fetcher.stop()
+                return
+            for offset in pending.pop(0):
+                yield EVENTS, message(offset, generation=None)
+
+        async def conductor(record: Message) -> None:
+            queue.put_nowait(record)
+
+        monkeypatch.setattr(consumer, "getmany", getmany)
+        monkeypatch.setattr(consumer, "callback", conductor)
+        asyncio.get_event_loop().run_until_complete(consumer.drain_messages(fetcher))
+
+    def test_events_delivered_after_the_seek_survive_recovery_resuming_flow(
+        self, app: OmniApp, consumer: BulkDeliveryConsumer, stream_queue: Any, monkeypatch: Any
+    ) -> None:
+        sought_at(consumer, 10)  # the recovery's seek task has returned
+        self.deliver(consumer, stream_queue, [10, 11], monkeypatch)
+        assert consumer.read_offsets[EVENTS] == 11  # delivered: never fetched again
+        app.flow_control.resume()  # the recovery, woken up after its seek
+        queued = [stream_queue.get_nowait().offset for _ in range(stream_queue.qsize())]
+        assert queued == [10, 11]  # still to be processed (and acked), in order
+
+    def test_a_revocation_still_empties_the_stream_queues(
+        self, app: OmniApp, consumer: BulkDeliveryConsumer, stream_queue: Any, monkeypatch: Any
+    ) -> None:
+        sought_at(consumer, 10)
+        self.deliver(consumer, stream_queue, [10, 11], monkeypatch)
+        app.flow_control.suspend()
+        app.flow_control.clear()  # as Faust's revocation does: the new owner redoes them
+        assert stream_queue.empty()
+
+    def test_other_queues_are_still_emptied_on_resume(
+        self, app: OmniApp, stream_queue: Any
+    ) -> None:
+        changelog = app.tables.changelog_queue
+        other = app.FlowControlQueue(maxsize=10, clear_on_resume=True)
+        changelog.put_nowait("changelog record")
+        other.put_nowait("buffered")
+        app.flow_control.resume()
+        assert changelog.empty() and other.empty()
+
+
 class FakeConsumerThread:
     """A consumer thread's loop in a real thread; ``seek`` notes the thread it runs on."""
 

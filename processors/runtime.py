@@ -224,6 +224,20 @@ class WorkerRuntime(Service):
         ready = self.is_ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
+    @Service.timer(1.0)
+    async def _recheck_standbys(self) -> None:
+        """Standby records held for their checkpoint, checked again without new records
+        (processors/standby.py); the committed positions are read at most once per
+        commit interval whatever this timer does."""
+        for table in self.app.tables.values():
+            recheck = getattr(table.data, "recheck_standby", None)
+            if recheck is None:
+                continue
+            try:
+                recheck()
+            except Exception:  # never let the timer die: the next batch or promotion decides
+                log.exception("Checking held standby records of %s failed", table.name)
+
     @Service.timer(2.0)
     async def _update_gauges(self) -> None:
         pipeline = self.app.pipeline

@@ -16,7 +16,10 @@ worker wrote them, before the checkpoint that covers them commits (or fails to),
   standby is promoted, Faust's active recovery reads the held records again from the
   changelog and the recovery rule decides them against the new generation's commit;
 - held records are checked again on later batches against committed positions read
-  afresh (:class:`StandbyPositions`: an OffsetFetch, at most one per interval);
+  afresh (:class:`StandbyPositions`: an OffsetFetch, at most one per interval), and
+  on a timer (:meth:`processors.store.CheckpointedStore.recheck_standby`): the last
+  batches before the active worker goes quiet or dies have no later batch, and would
+  otherwise stay held (the standby's RocksDB behind committed input) until a promotion;
 - a partition holding more than ``max_held`` records (the active worker cannot commit:
   Redis down) drops them and stops following until Faust seeks it back to its persisted
   offset (it does at every rebalance); a promotion then recovers those records from the
@@ -138,6 +141,10 @@ class StandbyHold(Generic[R]):
 
     def held(self, partition: int) -> int:
         return len(self._held.get(partition, ()))
+
+    def holding(self) -> list[int]:
+        """Partitions with records waiting for their checkpoint."""
+        return [partition for partition, queue in self._held.items() if queue]
 
     def frozen(self, partition: int) -> bool:
         return partition in self._frozen

@@ -167,6 +167,20 @@ class CheckpointedStore(FaustRocksDBStore):
             checkpoint.skipped_on_recovery(writes.skipped)
         self._admit_standby(standby_tps, standby)
 
+    def recheck_standby(self) -> None:
+        """Check held standby records again without new ones (a timer calls this).
+
+        Held records are otherwise checked only when their partition's next records
+        arrive: the last batches the active worker wrote before it went quiet, or was
+        killed, would stay out of this RocksDB until a promotion reads them again.
+        """
+        hold = self._standby_hold
+        if hold is None:
+            return
+        held = hold.holding()
+        if held:
+            self._admit_standby(standby_changelog_partitions(self.app), {p: [] for p in held})
+
     def _admit_standby(self, standby_tps: Set[TP], records: Mapping[int, list[Message]]) -> None:
         """Standby partitions: committed records written, pending ones held back."""
         hold = self._standby_hold

@@ -267,3 +267,43 @@ def test_the_store_writes_committed_standby_records_and_holds_the_rest(
         store.apply_changelog_batch([event(standby, 2, 101, b"e")], None, None)
         assert (sdb.get(b"b"), sdb.get(b"e")) == (b"b@1", b"e@2")
         assert sdb.get(CHANGELOG_OFFSET_KEY) == b"2"
+
+
+def test_held_records_are_applied_once_committed_even_when_no_record_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The active worker's last batch before it goes quiet (or is SIGKILLed): its records
+    reach the standby before the commit, and no later record comes to re-check them.
+    Seen in tests/integration/test_failover.py: the survivor's RocksDB lacked the dead
+    worker's last committed batch (triggers all sent, ``seen_ids`` missing an id)."""
+    with unconnected_app(tmp_path) as app:
+        table = app.tables["customers"]
+        store: Any = table.data
+        topic = table.changelog_topic.get_topic_name()
+        standby = TP(topic, 1)
+        monkeypatch.setattr(store_module, "standby_changelog_partitions", lambda _: {standby})
+        moving = Positions(CommittedPosition(100, CURRENT, 50))
+        monkeypatch.setattr(app.pipeline.standby_positions, "position", moving)
+        last = rec(7, CURRENT, 100, b"a")
+        last.tp, last.partition = standby, 1
+        store.apply_changelog_batch([Event(last)], None, None)
+        sdb = store.partition_db(1)
+        assert sdb.get(b"a") is None, "pending: its checkpoint has not committed yet"
+        store.recheck_standby()
+        assert sdb.get(b"a") is None, "still pending: nothing committed"
+        # The active worker commits its last batch, then writes nothing more.
+        moving.now = CommittedPosition(101, CURRENT, 50)
+        store.recheck_standby()
+        assert sdb.get(b"a") == b"a@7"
+        assert sdb.get(CHANGELOG_OFFSET_KEY) == b"7"
+
+
+def test_holding_names_the_partitions_with_held_records() -> None:
+    positions = Positions(CommittedPosition(100, CURRENT, 50))
+    hold: StandbyHold[Record] = StandbyHold(positions, 10)
+    hold.admit(0, [rec(10, CURRENT, 100)])
+    hold.admit(1, [rec(10, CURRENT, 99)])
+    assert hold.holding() == [0]
+    positions.now = CommittedPosition(101, CURRENT, 50)
+    assert offsets(hold.admit(0, []).apply) == [10], "re-checked with no new record"
+    assert hold.holding() == []

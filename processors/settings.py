@@ -104,9 +104,7 @@ class Settings(BaseSettings):
     # 24: a partition is processed by one worker at a time, so the count caps the workers of
     # a group, and it cannot change later without re-keying every customer's state. 24
     # divides evenly among 1, 2, 3, 4, 6, 8, 12 and 24 workers (bench/results/scaling.md).
-    partitions: int = Field(
-        24, ge=1, le=1024, description="Partition count of all contract topics"
-    )
+    partitions: int = Field(24, ge=1, le=1024, description="Partition count of all contract topics")
     replication_factor: int = Field(1, ge=1)
     app_id: str = Field("omni-pipeline", description="Faust app id = consumer group id")
 

@@ -197,7 +197,7 @@ def test_partitions_is_the_partition_count_of_the_state_tables_and_topics(tmp_pa
             assert table.partitions == 3 and table.changelog_topic.partitions == 3
         assert app.conf.topic_partitions == 3
     with built_app(tmp_path / "default") as app:
-        assert app.tables["customers"].partitions == 8
+        assert app.tables["customers"].partitions == 24
 
 
 def test_instance_id_is_the_static_group_member_id(tmp_path: Path) -> None:

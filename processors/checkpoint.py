@@ -383,11 +383,19 @@ class ChangelogWrites:
         if not record_is_committed(header_value(headers), self._committed(partition)):
             self.skipped += 1
             return
+        self.apply(partition, key, value)
+
+    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        """Write a record already known to be committed (None deletes)."""
         write = self._batch(partition)
         if value is None:
             write.delete(key or b"")
         else:
             write.put(key or b"", value)
+
+    def persist(self, partition: int, offset: int) -> None:
+        """Persist ``offset`` for ``partition`` (a standby's stays before its held records)."""
+        self._last_offsets[partition] = offset
 
     def _batch(self, partition: int) -> WriteBatch:
         write = self._batches.get(partition)

@@ -22,11 +22,9 @@ from typing import TYPE_CHECKING, Any, cast
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions
 from faust.types import TP, EventT, Message
-from rocksdict import WriteBatch
 
 from processors.checkpoint import ChangelogWrites
 from processors.faust_adapter import (
-    CHANGELOG_OFFSET_KEY,
     FaustRocksDBStore,
     FaustTable,
     assigned_standbys,
@@ -121,18 +119,9 @@ class CheckpointedStore(FaustRocksDBStore):
         super().__init__(*args, **kwargs)
         #: Changelog records of standby partitions held back (made on first use).
         self._standby_hold: StandbyHold[Message] | None = None
-        base = self.rocksdb_options
+        # From the table's options, as Faust built its own RocksDBOptions.
         self.rocksdb_options = StoreOptions(
-            max_open_files=base.max_open_files,
-            write_buffer_size=base.write_buffer_size,
-            max_write_buffer_number=base.max_write_buffer_number,
-            target_file_size_base=base.target_file_size_base,
-            block_cache_size=base.block_cache_size,
-            block_cache_compressed_size=base.block_cache_compressed_size,
-            bloom_filter_size=base.bloom_filter_size,
-            use_rocksdict=base.use_rocksdict,
-            ttl=base.ttl,
-            **base.extra_options,
+            **(self.options or {}), use_rocksdict=self.use_rocksdict
         )
 
     def _checkpoint(self) -> Checkpoint:
@@ -162,10 +151,10 @@ class CheckpointedStore(FaustRocksDBStore):
                 cast("bytes | None", message.value),
                 message.headers,
             )
+        self._admit_standby(standby_tps, standby, writes)
         writes.write(self.partition_db)
         if writes.skipped:
             checkpoint.skipped_on_recovery(writes.skipped)
-        self._admit_standby(standby_tps, standby)
 
     def recheck_standby(self) -> None:
         """Check held standby records again without new ones (a timer calls this).
@@ -179,10 +168,19 @@ class CheckpointedStore(FaustRocksDBStore):
             return
         held = hold.holding()
         if held:
-            self._admit_standby(standby_changelog_partitions(self.app), {p: [] for p in held})
+            writes = ChangelogWrites(self._checkpoint().committed_position)
+            self._admit_standby(
+                standby_changelog_partitions(self.app), {p: [] for p in held}, writes
+            )
+            writes.write(self.partition_db)
 
-    def _admit_standby(self, standby_tps: Set[TP], records: Mapping[int, list[Message]]) -> None:
-        """Standby partitions: committed records written, pending ones held back."""
+    def _admit_standby(
+        self,
+        standby_tps: Set[TP],
+        records: Mapping[int, list[Message]],
+        writes: ChangelogWrites,
+    ) -> None:
+        """Standby partitions: committed records into ``writes``, pending ones held back."""
         hold = self._standby_hold
         if hold is None:
             if not records:
@@ -199,18 +197,14 @@ class CheckpointedStore(FaustRocksDBStore):
         for partition, messages in records.items():
             admitted = hold.admit(partition, messages)
             abandoned += admitted.abandoned
-            if not admitted.apply and admitted.offset is None:
-                continue
-            write = WriteBatch(raw_mode=True)
             for message in admitted.apply:
-                key = cast(bytes, message.key)
-                if message.value is None:
-                    write.delete(key)
-                else:
-                    write.put(key, message.value)
+                writes.apply(
+                    partition,
+                    cast("bytes | None", message.key),
+                    cast("bytes | None", message.value),
+                )
             if admitted.offset is not None:
-                write.put(CHANGELOG_OFFSET_KEY, str(admitted.offset).encode())
-            self.partition_db(partition).write(write)
+                writes.persist(partition, admitted.offset)
         if abandoned:
             self.app.pipeline.metrics.changelog_records_skipped.inc(abandoned)  # type: ignore[attr-defined]
 

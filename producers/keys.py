@@ -79,3 +79,9 @@ def coupon_claim_key(coupon_id: str) -> str:
 def stats_key(rule: str) -> str:
     """``omni:stats:<rule>``: a hash, one field per channel and partition."""
     return _key("stats", rule)
+
+
+def identifier_key(identifier_type: str, value: str) -> str:
+    """``omni:identifier:<type>:<value>``: the customer an identifier resolves to (JSON
+    ``{"customer_id", "anonymous", "source", "linked_at"}``), written by the identity step."""
+    return _key("identifier", identifier_type, value)

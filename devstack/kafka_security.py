@@ -271,6 +271,7 @@ def grants(settings: Settings) -> list[Grant]:
                 settings.customer_events_topic,
                 *(settings.trigger_topic(c) for c in TRIGGER_CHANNELS),
                 settings.decision_topic,
+                settings.identity_log_topic,
                 settings.deadletter_topic,
             ]
         ),
@@ -300,6 +301,14 @@ def grants(settings: Settings) -> list[Grant]:
             )  # fmt: skip
             # Its consumers' groups are named after it: "channel-sms", "channel-sms-eu", ...
             out.append(Grant(principal, "group", principal, True, ("READ", "DESCRIBE")))
+        if channel == "crm":
+            # The CRM audits links, merges and refusals (it may undo them).
+            out.append(
+                Grant(principal, "topic", settings.identity_log_topic, False,
+                      ("READ", "DESCRIBE"))
+            )  # fmt: skip
+            if channel not in TRIGGER_CHANNELS:
+                out.append(Grant(principal, "group", principal, True, ("READ", "DESCRIBE")))
     return out
 
 

@@ -3,8 +3,11 @@
 Nothing here is global: tests and the benchmark build their own app.
 
     touchpoint.<channel> ──ingest──▶ omni.customer-events ──customer──▶ trigger.<channel>
-            │                        (key = customer id)        │      decision.log
-            └──▶ touchpoint.deadletter                           └──▶ customers table, Redis
+            │                        (key = customer id, or     │      decision.log
+            │                         <type>:<value> with the   │      identity.log
+            │                         omni-kind header)         │
+            └──▶ touchpoint.deadletter                           └──▶ customers, identities
+                                                                      tables, Redis
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from processors.batching import adaptive_batches, without_acks
 from processors.checkpoint import Checkpoint, CommittedOffsets
 from processors.customer import CustomerProcessor
 from processors.domain.contact import ContactPolicy
+from processors.domain.identity import IdentityPolicy
 from processors.domain.policy import DAY, Policy
 from processors.domain.step import StepContext
 from processors.faust_adapter import FaustApp, check_versions
 from processors.health import PartitionProgress
+from processors.identity import IdentityProcessor
 from processors.ingest import Ingest
 from processors.metrics import Metrics
 from processors.monitor import LeanMonitor
@@ -119,6 +124,7 @@ def step_context(settings: Settings, ruleset: RuleSet) -> StepContext:
         lead_threshold=settings.lead_threshold,
         lead_window=settings.lead_window_days * DAY,
         control_share=settings.control_group_share,
+        identity=IdentityPolicy.from_settings(settings),
     )
 
 
@@ -223,6 +229,9 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     timelines = state_table("timelines")
     # Offer performance per rule and channel, per partition (S11).
     stats = state_table("stats")
+    # Identifier records (links, parked events, devices' customers), keyed
+    # "<type>:<value>" on the same topic and checkpoint (processors/identity.py).
+    identities = state_table("identities")
     writer = ReadModelWriter(
         settings.redis_url.get_secret_value(),
         metrics,
@@ -233,13 +242,14 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
     records = TableWriter(table, producer)
     timeline_records = TableWriter(timelines, producer)
     stats_records = TableWriter(stats, producer)
+    identity_records = TableWriter(identities, producer)
     progress = PartitionProgress()
     committed_offsets = CommittedOffsets(
         settings.kafka_client_config(), settings.app_id, settings.customer_events_topic
     )
     checkpoint = Checkpoint(
         producer,
-        (records, timeline_records, stats_records),
+        (records, timeline_records, stats_records, identity_records),
         settings.customer_events_topic,
         committed_offsets,
         settings.max_pending_events,
@@ -253,6 +263,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         producer,
         settings.customer_events_topic,
         settings.deadletter_topic,
+        IdentityPolicy.from_settings(settings),
     )
     customer = CustomerProcessor(
         settings=settings,
@@ -268,6 +279,15 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         decision_topic=settings.decision_topic,
         deadletter_topic=settings.deadletter_topic,
         writer=writer,
+        identity=IdentityProcessor(
+            policy=IdentityPolicy.from_settings(settings),
+            metrics=metrics,
+            producer=producer,
+            records=identity_records,
+            customer_events_topic=settings.customer_events_topic,
+            identity_log_topic=settings.identity_log_topic,
+        ),
+        identity_log_topic=settings.identity_log_topic,
     )
     metrics.ruleset_info.labels(ruleset.ruleset_id).set(1)
     metrics.know_rules(ruleset.rules)

@@ -33,8 +33,9 @@ import orjson
 from confluent_kafka import KafkaError, Message
 from faust.types import EventT
 
-from processors.checkpoint import Checkpoint
+from processors.checkpoint import Checkpoint, header_value
 from processors.deadletter import PROCESSING_ERROR, deadletter_record
+from processors.domain.identity import KIND_HEADER
 from processors.domain.model import CustomerState, Event, StepOutputs, Trigger
 from processors.domain.read_model import (
     ReadModelWrite,
@@ -46,6 +47,7 @@ from processors.domain.read_model import (
 from processors.domain.record_codec import decode_record, encode_record, record_next_due
 from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
+from processors.identity import IdentityProcessor, send_forwards
 from processors.metrics import Metrics
 from processors.output import OutputProducer, TableWriter, checked
 from processors.projection import ReadModelWriter
@@ -88,6 +90,9 @@ class CustomerProcessor:
     decision_topic: str
     deadletter_topic: str
     writer: ReadModelWriter
+    #: The identity step: records with an ``omni-kind`` header are an identifier's.
+    identity: IdentityProcessor
+    identity_log_topic: str
     #: partition -> due index of that partition's customers.
     due: dict[int, DueIndex] = field(default_factory=dict)
     #: Called with (partition, last input offset) after each batch (health).
@@ -97,6 +102,10 @@ class CustomerProcessor:
         now = time.time()
         owned = self.checkpoint.owned
         by_partition: dict[int, dict[bytes, list[EventT]]] = defaultdict(lambda: defaultdict(list))
+        #: Identifier records (header omni-kind): partition -> key -> [(kind, event)].
+        identifiers: dict[int, dict[bytes, list[tuple[str, EventT]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         last_offset: dict[int, int] = {}
         counted: dict[int, int] = defaultdict(int)
         for event in events:
@@ -105,7 +114,11 @@ class CustomerProcessor:
             if partition not in owned:
                 continue  # revoked while this batch was gathered: its new owner redoes it
             # The ingest agent dead-letters keyless messages, so every key is set.
-            by_partition[partition][message.key or b""].append(event)
+            kind = header_value(message.headers, KIND_HEADER) if message.headers else None
+            if kind is None:
+                by_partition[partition][message.key or b""].append(event)
+            else:
+                identifiers[partition][message.key or b""].append((kind.decode(), event))
             last_offset[partition] = max(message.offset, last_offset.get(partition, -1))
             counted[partition] += 1
         writes: list[ReadModelWrite] = []
@@ -118,6 +131,11 @@ class CustomerProcessor:
                 )
             if counts:
                 writes.extend(self._add_stats(partition, counts))
+        for partition, keyed in identifiers.items():
+            for key, items in keyed.items():
+                writes.extend(
+                    self.identity.process_key(key, partition, items, now, self._identity_failed)
+                )
         self._seal(last_offset, counted)
         self.metrics.processed.inc(len(events))
         self.writer.submit(writes, ack)
@@ -133,6 +151,7 @@ class CustomerProcessor:
             self.records.seal(partition, offset, headers)
             self.timelines.seal(partition, offset, headers)
             self.stats.seal(partition, offset, headers)
+            self.identity.records.seal(partition, offset, headers)
         checkpoint.sealed(last_offset, counted)
         self.producer.poll()
 
@@ -299,6 +318,21 @@ class CustomerProcessor:
             return
         self._deadletter(event, exc)
 
+    def _identity_failed(self, key: bytes, event: EventT, exc: Exception) -> None:
+        log.error(
+            "Identity step failed on %s[%d]@%d (%s); dead-lettered, the partition goes on",
+            event.message.topic,
+            event.message.partition,
+            event.message.offset,
+            type(exc).__name__,
+        )
+        if not event.message.value:  # a parking marker: try again in a minute
+            due = self.identity.due.get(event.message.partition)
+            if due is not None:
+                due.update(key, time.time() + 60.0)
+            return
+        self._deadletter(event, exc)
+
     def _load(self, key: bytes, partition: int) -> tuple[CustomerState | None, bytes | None, bool]:
         """Her state, her timeline's JSON (None: none) and whether that timeline is a
         legacy one, from the ``timelines`` table. Raises on a corrupt record."""
@@ -333,6 +367,7 @@ class CustomerProcessor:
                     index.update(key, when)
                     indexed += 1
         self.metrics.timers_pending.set(indexed)
+        self.identity.rebuild_due(partitions)
         return indexed
 
     def fire_due(self, now: float) -> int:
@@ -350,6 +385,7 @@ class CustomerProcessor:
             for key in index.pop_due(now):
                 self.producer.send(self.customer_events_topic, key, b"", partition)
                 sent += 1
+        sent += self.identity.fire_due(now, owned)
         if sent:
             self.producer.poll()
         return sent
@@ -407,6 +443,13 @@ class CustomerProcessor:
                 message.split(":", 1)[0],
             )
             log.debug("Rule %s failed: %s", rule, message)
+        if out.forwards:
+            send_forwards(self.producer, self.customer_events_topic, out.forwards)
+        for entry in out.identity_log:
+            send(self.identity_log_topic, key, orjson.dumps(entry))
+            metrics.identity_records(entry["type"], entry["reason"] or "none").inc()
+        if out.identity_blocked:
+            metrics.identity_blocked.inc(out.identity_blocked)
         if out.duplicates:
             metrics.duplicates.inc(out.duplicates)
         if out.dedup_early_evictions:

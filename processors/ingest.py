@@ -11,15 +11,24 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from faust.types import EventT
 
 from processors.deadletter import PROCESSING_ERROR, deadletter_key, deadletter_record
+from processors.domain.identity import IDENTIFY, KIND_HEADER, IdentityPolicy, split_key
 from processors.metrics import Metrics
-from processors.output import OutputProducer
+from processors.output import Headers, OutputProducer
 from processors.settings import Settings
 from schemas import EventValidator, Rejection
+from schemas.identity import identity_key
+from schemas.messages import show
+
+#: Headers of an identified event forwarded to its identifier's record.
+IDENTIFY_HEADERS: Headers = [(KIND_HEADER, IDENTIFY.encode())]
+#: The dead-letter reason of an event that names no customer (deadletter 1-0-2).
+UNIDENTIFIED = "unidentified"
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,7 @@ class Ingest:
     producer: OutputProducer
     customer_events_topic: str
     deadletter_topic: str
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)
 
     def process(self, events: list[EventT]) -> None:
         channel_of: Callable[[str], str | None] = self.settings.touchpoint_topics.get
@@ -63,12 +73,22 @@ class Ingest:
                 if isinstance(result, Rejection):
                     self._deadletter(event, result)
                     continue
+                headers: Headers | None = None
+                if "customer_id" not in result:
+                    # An identified event: its identifier's record resolves it (the key is
+                    # the identifier, checked by the validator).
+                    blocked = self._blocked_identifier(result)
+                    if blocked is not None:
+                        self._deadletter(event, blocked)
+                        continue
+                    headers = IDENTIFY_HEADERS
                 # The producer time travels with the event: it is what latency counts from.
                 send(
                     forward_to,
                     message.key,
                     message.value,
                     timestamp_ms=int(message.timestamp * 1000),
+                    headers=headers,
                 )
                 self.metrics.ingested(channel, result["type"]).inc()
             except Exception as exc:  # one bad message must never stop the partition
@@ -96,6 +116,21 @@ class Ingest:
                         ),
                     ),
                 )
+
+    def _blocked_identifier(self, event: dict[str, Any]) -> Rejection | None:
+        """An identified event keyed by a junk value (``unknown``, ``0``...) names nobody."""
+        key = identity_key(event["identifiers"])
+        identifier_type, value = split_key(key)
+        if not self.identity.is_blocked(value):
+            return None
+        return Rejection(
+            UNIDENTIFIED,
+            (
+                f"identifiers.{identifier_type}: {show(value)} is a blocked value "
+                "(OMNI_IDENTITY_BLOCKED_VALUES: it names nobody) — send the customer_id or "
+                "a real identifier, or do not send the event",
+            ),
+        )
 
     def _deadletter(self, event: EventT, rejection: Rejection) -> None:
         message = event.message

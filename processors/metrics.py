@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from processors.domain import reasons
+from processors.domain.identity import IDENTITY_REFUSALS
 from schemas import REJECTION_REASONS
 
 if TYPE_CHECKING:
@@ -314,6 +315,31 @@ class Metrics:
         self.ruleset_info = Gauge(
             "omni_ruleset_info", "The running rule set (value 1)", ["ruleset"], registry=r
         )
+        # --- identity resolution (processors/identity.py) ---
+        self.identity_events = Bound(
+            Counter(
+                "omni_identity_events",
+                "Identified events by what resolution did: parked (waiting for a link), "
+                "resolved (to a known customer), anonymous (to the identifier's anonymous "
+                "profile)",
+                ["outcome"],
+                registry=r,
+            )
+        )
+        self.identity_records = Bound(
+            Counter(
+                "omni_identity_records",
+                "identity.log records: links, unlinks, merges and refusals (reason)",
+                ["type", "reason"],
+                registry=r,
+            )
+        )
+        self.identity_blocked = Counter(
+            "omni_identity_blocked_values",
+            "Identifiers an event carried with a blocked value (OMNI_IDENTITY_BLOCKED_VALUES), "
+            "ignored",
+            registry=r,
+        )
         # Known label values start at 0, so a dashboard panel or a rate() over an idle
         # worker shows 0 rather than "no data", and the first increment is a visible
         # step from 0 (increase() misses a series' first sample).
@@ -323,6 +349,12 @@ class Metrics:
             self.read_model_writes_dropped(reason)
         for result in ("ok", "refused"):
             self.ruleset_reloads(result)
+        for outcome in ("parked", "resolved", "anonymous"):
+            self.identity_events(outcome)
+        for record_type in ("identity.linked", "identity.unlinked", "identity.merged"):
+            self.identity_records(record_type, "none")
+        for reason in IDENTITY_REFUSALS:
+            self.identity_records("identity.refused", reason)
 
     def know_rules(self, rules: Iterable[CompiledRule]) -> None:
         """Start each rule's label values at 0 (at start and after a reload).

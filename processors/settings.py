@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from processors.domain.identity import DEFAULT_BLOCKED_IDENTIFIERS, DEFAULT_IDENTITY_LIMITS
 from processors.domain.policy import DEFAULT_ENTITLEMENT_CHANNELS, DEFAULT_OVERDRAFT_MAX_LIMIT
 
 # The producer side's settings (the contract package) share these names, defaults and
@@ -38,6 +39,7 @@ from producers.config import (
     redis_client_options,
     touchpoint_topic,
 )
+from schemas.identity import IDENTIFIER_TYPES
 
 #: The rule files shipped with the package (``rules/`` at the repository root).
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
@@ -299,6 +301,45 @@ class Settings(BaseSettings):
     timer_tick_seconds: float = Field(
         0.5, gt=0, description="How often each worker fires due per-customer timers"
     )
+    # --- identity resolution (README "Identity resolution") ---
+    identity_park_seconds: float = Field(
+        600.0,
+        ge=0,
+        le=7 * 86400,
+        description="How long an identified event with no known customer waits for a link "
+        "before it goes to the identifier's anonymous profile",
+    )
+    identity_park_max_events: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Parked events per identifier; one more sends them all to the "
+        "anonymous profile at once",
+    )
+    identity_limits: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_IDENTITY_LIMITS),
+        description="At most this many values per identifier type per customer (JSON); a "
+        "new one past it is refused (identity.refused identifier_limit)",
+    )
+    identity_blocked_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BLOCKED_IDENTIFIERS),
+        description="Identifier values (any type, compared lower-case) that never link or "
+        "resolve (JSON list)",
+    )
+    identity_shared_device_customers: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A device seen for more than this many customers within "
+        "identity_shared_device_days is shared: it never links or merges",
+    )
+    identity_shared_device_days: float = Field(30.0, gt=0, le=365)
+    identity_log_retention_hours: float = Field(
+        168.0,
+        gt=0,
+        description="retention.ms of identity.log (it names identifiers), set when the "
+        "worker creates or checks the topics",
+    )
 
     # --- Health: stalled partitions (processors/health.py) --------------------------
     # 120 s: far above any legitimate pause in processing a partition with lag while the
@@ -328,6 +369,18 @@ class Settings(BaseSettings):
         description="A customer's encoded record never exceeds this; oldest items are "
         "trimmed (counted) to fit",
     )
+
+    @field_validator("identity_limits")
+    @classmethod
+    def _identity_limits_name_types(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = [name for name in value if name not in IDENTIFIER_TYPES]
+        if unknown or any(limit < 1 for limit in value.values()):
+            raise ValueError(
+                f"{value} must map identifier types ({', '.join(IDENTIFIER_TYPES)}) to limits "
+                'of at least 1, as JSON, e.g. \'{"email": 5, "device_id": 10}\'; a type left '
+                "out takes no identifiers of that type"
+            )
+        return value
 
     @field_validator("entitlement_channels")
     @classmethod
@@ -425,10 +478,18 @@ class Settings(BaseSettings):
     def decision_topic(self) -> str:
         return f"{self.topic_namespace}decision.log"
 
+    @property
+    def identity_log_topic(self) -> str:
+        return f"{self.topic_namespace}identity.log"
+
     def topic_configs(self) -> dict[str, dict[str, str]]:
         """Broker configs of contract topics that differ from the broker's defaults."""
         retention_ms = int(self.deadletter_retention_hours * 3_600_000)
-        return {self.deadletter_topic: {"retention.ms": str(retention_ms)}}
+        identity_ms = int(self.identity_log_retention_hours * 3_600_000)
+        return {
+            self.deadletter_topic: {"retention.ms": str(retention_ms)},
+            self.identity_log_topic: {"retention.ms": str(identity_ms)},
+        }
 
     def contract_topics(self) -> list[str]:
         """Every topic the contract names; all get ``partitions`` partitions."""
@@ -437,6 +498,7 @@ class Settings(BaseSettings):
             self.deadletter_topic,
             self.customer_events_topic,
             self.decision_topic,
+            self.identity_log_topic,
             *(self.trigger_topic(c) for c in TRIGGER_CHANNELS),
         ]
 

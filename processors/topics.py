@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 #: The worker's tables; each has a changelog topic ``<app id>-<table>-changelog`` (Faust).
-STATE_TABLES: tuple[str, ...] = ("customers", "timelines", "stats")
+STATE_TABLES: tuple[str, ...] = ("customers", "timelines", "stats", "identities")
 
 
 def changelog_configs(settings: Settings) -> dict[str, str]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from processors.domain.ids import decision_id
+from processors.domain.links import unlink_all
 from processors.domain.model import ERASED, CustomerState, Decision, Event, StepOutputs
 from processors.domain.read_model import (
     ReadModelWrite,
@@ -75,6 +76,8 @@ def erase(
 ) -> CustomerState:
     """Forget the customer: note her keys and the decision in ``out``; an empty record."""
     out.erased_keys.extend(forgotten_keys(state))
+    # Her identifiers' records go too (links, and a shared device's memory of her).
+    unlink_all(state, event, out)
     out.decisions.append(erasure_decision(event, ctx, now))
     if out.timeline is not None:
         out.timeline = []

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from processors.domain.identity import Forward
     from processors.domain.read_model import ReadModelWrite
 
 # Outcomes on decision.log.
@@ -104,6 +105,8 @@ class Event:
     payload: dict[str, Any]
     #: When the channel produced it (Kafka timestamp), for event-to-trigger latency.
     produced_at: float
+    #: Identifier type -> normalised value (msisdn, email, device_id, ...), when sent.
+    identifiers: dict[str, str] | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any], produced_at: float) -> Event:
@@ -115,6 +118,7 @@ class Event:
             occurred_at=parse_time(record["occurred_at"]),
             payload=record["payload"],
             produced_at=produced_at,
+            identifiers=record.get("identifiers"),
         )
 
 
@@ -167,6 +171,9 @@ class CustomerState:
     appointments: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Lead-scoring interactions of the window: [epoch, event type, points] (S10).
     lead: list[list[Any]] = field(default_factory=list)
+    #: Identifier type -> her values (bounded per type), learned from her events
+    #: (processors.domain.links); each resolves her identified events.
+    identifiers: dict[str, list[str]] = field(default_factory=dict)
     # The funnel stage is a trait (``traits.funnel_stage``), so the profile shows it.
 
     @classmethod
@@ -311,3 +318,10 @@ class StepOutputs:
     #: True when the step ends with the customer forgotten (an erasure and no event
     #: after it): her record and timeline are deleted (tombstones), not written.
     forgotten: bool = False
+    #: Records for the customer-events topic: link/unlink commands keyed by identifier,
+    #: merge events keyed by customer (processors.domain.identity.Forward).
+    forwards: list[Forward] = field(default_factory=list)
+    #: identity.log records (links refused on her side, CRM merges).
+    identity_log: list[dict[str, Any]] = field(default_factory=list)
+    #: Identifiers ignored because their value is blocked (OMNI_IDENTITY_BLOCKED_VALUES).
+    identity_blocked: int = 0

@@ -89,6 +89,8 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
         "last_country": state.last_country,
         "updated_at": None if state.updated_at is None else format_time(state.updated_at),
     }
+    if state.identifiers:
+        profile["identifiers"] = state.identifiers
     writes = [ReadModelWrite(profile_key(state.customer_id), orjson.dumps(profile))]
     for kind, entitlement in state.entitlements.items():
         if entitlement["expires_at"] > now:

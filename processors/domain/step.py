@@ -35,6 +35,9 @@ from processors.domain.fold import (
     remember,
 )
 from processors.domain.grants import grant_refusal
+from processors.domain.identity import MERGE_REQUESTED, PROFILE_MERGED, IdentityPolicy
+from processors.domain.links import LINK_EVENT, UNLINK_EVENT, learn_links
+from processors.domain.merge import merge_profile, send_profile
 from processors.domain.model import CustomerState, Event, StepOutputs
 from processors.domain.policy import DAY, Policy
 from processors.domain.responses import note_ignored, note_response
@@ -63,6 +66,8 @@ class StepContext:
     lead_window: float = 30 * DAY
     #: Share of customers held out of marketing (deterministic by customer id).
     control_share: float = 0.0
+    #: Identity guardrails (limits per type, blocked values, shared devices, parking).
+    identity: IdentityPolicy = field(default_factory=IdentityPolicy)
 
 
 def step(
@@ -98,11 +103,23 @@ def step(
             state = erase(state, event, ctx, now, out)
             contact = cp.ContactState()
             continue
+        if event.type == MERGE_REQUESTED:
+            # Not remembered either: the profile goes to its target and this one is
+            # forgotten; a repeat sends an empty profile (its id, a duplicate there).
+            state.contact = contact.to_dict()
+            state = send_profile(state, event, out)
+            contact = cp.ContactState()
+            continue
         if not remember(state, event.event_id, today, ctx.policy, out):
             out.duplicates += 1
             continue
         out.changed = True
         out.forgotten = False  # an event after an erasure starts a new customer
+        if event.type == PROFILE_MERGED:
+            state.contact = contact.to_dict()
+            merge_profile(state, event, ctx.policy, ctx.timeline_length, out)
+            contact = cp.ContactState.from_dict(state.contact)
+            continue
         # Before the response pops the offer it may answer: that offer is the authority.
         refusal = grant_refusal(state, event, ctx.policy)
         if refusal is None:
@@ -116,6 +133,8 @@ def step(
             out.rule_errors.extend(evaluation.errors)
             decide(state, contact, event, evaluation.matches, ctx, now, out, refusal=refusal)
         apply_event(state, event, ctx.policy, authorised=refusal is None)
+        if event.identifiers or event.type in (LINK_EVENT, UNLINK_EVENT):
+            learn_links(state, event, ctx, out)
         if refusal is None:
             note_journey(state, event, ctx)
         # Per event, as the rules of the next event must see a capped record.

@@ -104,9 +104,12 @@ def test_grants_are_least_privilege_per_channel_and_for_the_worker() -> None:
     assert {settings.touchpoint_topic(c) for c in TOUCHPOINT_CHANNELS} <= worker_reads
     assert {settings.customer_events_topic, "omni-x", "omni-x-*"} <= worker_reads
     assert not any(".trigger." in t for t in worker_reads)
+    # The CRM audits identity.log (links, merges, refusals); nobody else reads it.
+    assert allowed("channel-crm", "READ") == {"t1.trigger.crm", "t1.identity.log", "channel-crm*"}
     assert allowed(WORKER_PRINCIPAL, "WRITE") == {
         settings.customer_events_topic,
         settings.decision_topic,
+        settings.identity_log_topic,
         settings.deadletter_topic,
         "omni-x-*",
         *(settings.trigger_topic(c) for c in TRIGGER_CHANNELS),

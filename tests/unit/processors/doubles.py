@@ -15,7 +15,9 @@ from prometheus_client import CollectorRegistry
 from processors.app import OmniApp, create_app, step_context
 from processors.checkpoint import Checkpoint
 from processors.customer import CustomerProcessor
+from processors.domain.identity import IdentityPolicy
 from processors.domain.record_codec import decode_record
+from processors.identity import IdentityProcessor
 from processors.metrics import Metrics
 from processors.output import TableWriter
 from processors.rulebook import load_ruleset
@@ -33,6 +35,7 @@ class Message:
     offset: int
     topic: str = CUSTOMER_EVENTS
     timestamp: float = 0.0
+    headers: list[tuple[str, bytes]] | None = None
 
 
 @dataclass
@@ -63,14 +66,15 @@ def customer_processor(
     """The customer agent's per-batch logic on real RocksDB, with recording doubles."""
     settings = Settings(data_dir=str(tmp_path), **overrides)
     producer = Producer()
-    tables = [TableWriter(Table(tmp_path / n), producer) for n in ("c", "t", "s")]  # type: ignore[arg-type]
+    tables = [TableWriter(Table(tmp_path / n), producer) for n in ("c", "t", "s", "i")]  # type: ignore[arg-type]
     checkpoint = Checkpoint(producer, tables, CUSTOMER_EVENTS, NoCommits(), 1000)  # type: ignore[arg-type]
     checkpoint.on_assigned(list(partitions), generation=1)
     ruleset = load_ruleset(Path(settings.rules_dir), settings.rule_delays())
+    metrics = Metrics(CollectorRegistry())
     return CustomerProcessor(
         settings=settings,
         ctx=step_context(settings, ruleset),
-        metrics=Metrics(CollectorRegistry()),
+        metrics=metrics,
         producer=producer,  # type: ignore[arg-type]
         checkpoint=checkpoint,
         records=tables[0],
@@ -81,6 +85,15 @@ def customer_processor(
         decision_topic="decision.log",
         deadletter_topic="touchpoint.deadletter",
         writer=Writer(),  # type: ignore[arg-type]
+        identity=IdentityProcessor(
+            policy=IdentityPolicy.from_settings(settings),
+            metrics=metrics,
+            producer=producer,  # type: ignore[arg-type]
+            records=tables[3],
+            customer_events_topic=CUSTOMER_EVENTS,
+            identity_log_topic="identity.log",
+        ),
+        identity_log_topic="identity.log",
     )
 
 

@@ -223,9 +223,12 @@ class Producer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
+        #: The keyword arguments of each send, in the same order (headers, timestamps).
+        self.sent_kwargs: list[dict[str, Any]] = []
 
     def send(self, *args: Any, **kwargs: Any) -> None:
         self.sent.append(args)
+        self.sent_kwargs.append(kwargs)
 
     def poll(self) -> None:
         return None

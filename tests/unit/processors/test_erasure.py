@@ -263,7 +263,13 @@ def test_deletes_survive_a_later_event_that_fails_on_its_own(
 
 def test_deadletter_retention_hours_is_the_retention_of_the_deadletter_topic() -> None:
     settings = Settings(deadletter_retention_hours=2)
-    assert settings.topic_configs() == {settings.deadletter_topic: {"retention.ms": "7200000"}}
+    assert settings.topic_configs()[settings.deadletter_topic] == {"retention.ms": "7200000"}
+
+
+def test_identity_log_retention_hours_is_the_retention_of_identity_log() -> None:
+    # identity.log names identifiers (phone numbers, emails): it is kept a bounded time.
+    settings = Settings(identity_log_retention_hours=3)
+    assert settings.topic_configs()[settings.identity_log_topic] == {"retention.ms": "10800000"}
     assert Settings().topic_configs()[Settings().deadletter_topic]["retention.ms"] == str(
         72 * 3_600_000
     )

@@ -80,7 +80,7 @@ def test_a_valid_event_is_forwarded_unchanged_with_its_key_and_producer_time() -
     step.process([event])  # type: ignore[list-item]
     [(topic, key, value, kwargs)] = producer_of(step).sent
     assert (topic, key, value) == (CUSTOMER_EVENTS, b"c1", event.message.value)
-    assert kwargs == {"timestamp_ms": 1_700_000_000_125}
+    assert kwargs == {"timestamp_ms": 1_700_000_000_125, "headers": None}
     assert step.metrics.ingested("web", "page.viewed")._value.get() == 1
 
 

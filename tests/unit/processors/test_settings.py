@@ -33,7 +33,9 @@ def test_topic_names_and_namespace() -> None:
     assert settings.touchpoint_topic("atm") == "t42.touchpoint.atm"
     assert settings.deadletter_topic == "t42.touchpoint.deadletter"
     topics = settings.contract_topics()
-    assert len(topics) == len(set(topics)) == len(TOUCHPOINT_CHANNELS) + len(TRIGGER_CHANNELS) + 3
+    # + deadletter, customer-events, decision.log, identity.log
+    assert len(topics) == len(set(topics)) == len(TOUCHPOINT_CHANNELS) + len(TRIGGER_CHANNELS) + 4
+    assert settings.identity_log_topic == "t42.identity.log" in topics
     assert Settings().trigger_topic("sms") == "trigger.sms"
 
 

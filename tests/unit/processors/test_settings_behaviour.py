@@ -29,6 +29,7 @@ from pydantic import ValidationError
 import processors.output as output_module
 import tests.unit.processors.test_agents as agent_tests
 import tests.unit.processors.test_erasure as erasure_tests
+import tests.unit.processors.test_identity as identity_tests
 import tests.unit.processors.test_ingest as ingest_tests
 import tests.unit.processors.test_settings as settings_tests
 from devstack.kafka_security import BrokerSecurity
@@ -785,6 +786,17 @@ def test_release_spread_seconds_spreads_releases_after_quiet_hours() -> None:
 # --- the lists ----------------------------------------------------------------------------------
 
 BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
+    "identity_park_seconds": (
+        identity_tests.test_parking_expires_into_an_anonymous_profile_that_merges_at_login
+    ),
+    "identity_park_max_events": identity_tests.test_parking_is_bounded_in_count,
+    "identity_limits": identity_tests.test_limits_per_type_and_blocked_values,
+    "identity_blocked_values": identity_tests.test_limits_per_type_and_blocked_values,
+    "identity_shared_device_customers": identity_tests.test_a_shared_device_never_merges,
+    "identity_shared_device_days": identity_tests.test_a_device_is_shared_only_within_the_window,
+    "identity_log_retention_hours": (
+        erasure_tests.test_identity_log_retention_hours_is_the_retention_of_identity_log
+    ),
     "topic_namespace": settings_tests.test_topic_names_and_namespace,
     "partitions": test_partitions_is_the_partition_count_of_the_state_tables_and_topics,
     "kafka_sasl_username": test_kafka_sasl_username_and_password_switch_the_clients_to_sasl,

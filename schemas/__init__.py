@@ -6,6 +6,7 @@ consumers and tests check output records with :func:`validate_record`.
 
 from schemas.evolution import check_evolution
 from schemas.formats import is_rfc3339_datetime
+from schemas.identity import IDENTIFIER_TYPES, identity_key
 from schemas.registry import (
     EVENT_TYPES,
     JOURNEY_STAGES,
@@ -49,6 +50,7 @@ __all__ = [
     "DATE_OUT_OF_RANGE",
     "EVENT_TYPES",
     "FUTURE_EVENT",
+    "IDENTIFIER_TYPES",
     "JOURNEY_STAGES",
     "KEY_MISMATCH",
     "KEY_TOO_LARGE",
@@ -71,6 +73,7 @@ __all__ = [
     "Rejection",
     "SchemaKey",
     "check_evolution",
+    "identity_key",
     "is_rfc3339_datetime",
     "iter_schemas",
     "load_schema",

@@ -11,7 +11,9 @@ same regex semantics (ECMA 262 ``$`` = end of input, as fastjsonschema does and
 as every other language's validator does; Python's ``re`` would also accept a
 trailing newline), so they accept exactly the same documents.
 
-After the schemas come the bounds JSON Schema cannot express (:mod:`schemas.bounds`):
+After the schemas come the rules JSON Schema is not the place for: a ``customer_id``
+starting with ``anon:`` is reserved (the pipeline's anonymous profiles), a
+``schema_violation``. Then the bounds JSON Schema cannot express (:mod:`schemas.bounds`):
 the key's size, ``occurred_at`` against the clock (``future_event``: at most
 ``max_future_skew`` seconds ahead of ``now``) and every date against 2000-01-01
 and ``occurred_at`` (``date_out_of_range``). ``now`` is the validator's ``clock``
@@ -50,6 +52,7 @@ from schemas.registry import (
     EVENT_TYPES,
     KNOWN_EVENT_TYPES,
     RECORD_KINDS,
+    RESERVED_CUSTOMER_ID_PREFIX,
     VENDOR,
     load_schema,
     schema_versions,
@@ -86,6 +89,12 @@ CHECK_REASONS: tuple[str, ...] = (
 )
 #: Every dead-letter reason: the check reasons and the worker's own failure.
 REJECTION_REASONS: tuple[str, ...] = (*CHECK_REASONS, PROCESSING_ERROR)
+
+RESERVED_ID_ERROR = (
+    f"customer_id: ids starting with {RESERVED_CUSTOMER_ID_PREFIX!r} are reserved for anonymous "
+    f"profiles (the pipeline names them {RESERVED_CUSTOMER_ID_PREFIX}<type>:<value>) — use "
+    "another id"
+)
 
 DEFAULT_MAX_BYTES = 64 * 1024
 #: At most this many errors per rejection (then one line says how many more).
@@ -300,6 +309,8 @@ class EventValidator:
             payload_check(event["payload"])
         except fastjsonschema.JsonSchemaValueException:
             return self._explain(event)
+        if event["customer_id"].startswith(RESERVED_CUSTOMER_ID_PREFIX):
+            return Rejection(SCHEMA_VIOLATION, (RESERVED_ID_ERROR,))
         if event["channel"] != channel:
             return Rejection(
                 CHANNEL_MISMATCH,
@@ -414,6 +425,9 @@ class EventValidator:
                 ]
             if not other:
                 return Rejection(UNKNOWN_TYPE, tuple(type_errors))
+        customer_id = event.get("customer_id")
+        if type(customer_id) is str and customer_id.startswith(RESERVED_CUSTOMER_ID_PREFIX):
+            other.append(RESERVED_ID_ERROR)
         errors = type_errors + other
         if not errors:  # the engines disagree (a bug); still reject, with fastjsonschema's word
             errors = self.envelope.errors(event)

@@ -446,3 +446,173 @@ def test_check_does_not_mutate_or_default(validator: EventValidator) -> None:
     before = copy.deepcopy(doc)
     result = check(validator, doc)
     assert result == before and "valid_hours" not in before["payload"]
+
+
+# --- identifiers (event 1-0-4) --------------------------------------------------------
+
+HASH = "sha256:" + "0123456789abcdef" * 4
+
+GOOD_IDENTIFIERS = [
+    ("msisdn", "+447700900123"),
+    ("msisdn", "+1234567"),  # 7 digits, the shortest E.164
+    ("msisdn", "+123456789012345"),  # 15 digits, the longest
+    ("msisdn", HASH),
+    ("email", "maria.garcia@example.com"),
+    ("email", "josé@exämple.es"),  # lower case beyond ASCII too
+    ("email", "a+tag@sub.example.co.uk"),
+    ("email", "x" * 240 + "@example.com"),  # 252 characters
+    ("email", HASH),
+    ("device_id", "web:3f2a9c1e"),
+    ("device_id", "~" * 128),
+    ("device_id", HASH),
+    ("card_token", "tok_4f9a1c"),
+    ("card_token", "!"),
+    ("loyalty_id", "LOY-000123"),
+    ("loyalty_id", HASH),
+]
+BAD_IDENTIFIERS = [
+    ("msisdn", "447700900123"),  # no +
+    ("msisdn", "+0447700900123"),  # country codes do not start with 0
+    ("msisdn", "+44 7700 900123"),
+    ("msisdn", "+123456"),  # 6 digits
+    ("msisdn", "+1234567890123456"),  # 16 digits
+    ("msisdn", "+447700900123\n"),
+    ("msisdn", HASH.upper()),
+    ("msisdn", HASH[:-1]),
+    ("msisdn", "sha1:" + "a" * 40),
+    ("email", "Maria@example.com"),
+    ("email", "maria@Example.com"),
+    ("email", "maria garcia@example.com"),
+    ("email", "maria\u00a0garcia@example.com"),
+    ("email", "maria@example"),
+    ("email", "maria@@example.com"),
+    ("email", "a@b@example.com"),
+    ("email", "maria@example.com\n"),
+    ("email", "x" * 243 + "@example.com"),  # 255 characters
+    ("email", "sha256:" + "AB" * 32),
+    ("device_id", "web 3f2a"),
+    ("device_id", ""),
+    ("device_id", "~" * 129),
+    ("device_id", "tëst"),
+    ("card_token", "tok\t1"),
+    ("loyalty_id", "LOY-1\n"),
+    ("loyalty_id", 123),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), GOOD_IDENTIFIERS)
+def test_good_identifiers(validator: EventValidator, name: str, value: str) -> None:
+    doc = event(identifiers={name: value})
+    assert check(validator, doc) == doc
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_IDENTIFIERS)
+def test_bad_identifiers_name_the_identifier_and_its_normal_form(
+    validator: EventValidator, name: str, value: Any
+) -> None:
+    result = rejected(check(validator, event(identifiers={name: value})))
+    assert result.reason == "schema_violation"
+    assert [e.split(":")[0] for e in result.errors] == [f"identifiers.{name}"], result.errors
+    if "does not match" in result.errors[0]:  # the pattern: the description says the form
+        if name == "msisdn":
+            assert "E.164" in result.errors[0] and "sha256:" in result.errors[0]
+        if name == "email":
+            assert "lower case" in result.errors[0] and "sha256:" in result.errors[0]
+
+
+def test_identifiers_hold_at_least_one_known_identifier(validator: EventValidator) -> None:
+    empty = rejected(check(validator, event(identifiers={})))
+    assert empty.errors == (
+        "identifiers: has 0 fields, fewer than the minimum of 1 — send at least one of: "
+        "msisdn, email, device_id, card_token, loyalty_id",
+    )
+    unknown = rejected(check(validator, event(identifiers={"imei": "35-209900-176148-1"})))
+    assert unknown.errors[0].startswith("identifiers.imei: unknown field — remove it; ")
+    assert (
+        rejected(check(validator, event(identifiers=["+447700900123"])))
+        .errors[0]
+        .startswith("identifiers: ")
+    )
+
+
+def test_an_event_with_customer_id_and_identifiers_is_keyed_by_customer_id(
+    validator: EventValidator,
+) -> None:
+    doc = event(identifiers={"msisdn": "+447700900123", "device_id": "d-1"})
+    assert check(validator, doc, key=b"alice") == doc
+    result = rejected(check(validator, doc, key=b"msisdn:+447700900123"))
+    assert result.reason == "key_mismatch"
+
+
+# --- identity.linked / identity.unlinked --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload"),
+    [
+        ("identity.linked", {}),
+        ("identity.linked", {"merge_from": "alice-dup"}),
+        ("identity.unlinked", {}),
+    ],
+)
+def test_identity_events_come_from_the_crm_only(
+    validator: EventValidator, event_type: str, payload: dict[str, Any]
+) -> None:
+    doc = event(type=event_type, channel="crm", payload=payload, identifiers={"email": "a@b.co"})
+    assert check(validator, doc, channel="crm") == doc
+    result = rejected(check(validator, {**doc, "channel": "web"}, channel="web"))
+    assert result.reason == "channel_mismatch"
+    assert result.errors[0].startswith(
+        f"type: {event_type} events may only be sent by channel crm,"
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "field"),
+    [
+        ("identity.linked", {"merge_from": ""}, "payload.merge_from"),
+        ("identity.linked", {"merge_from": "x" * 129}, "payload.merge_from"),
+        ("identity.linked", {"merge_from": 7}, "payload.merge_from"),
+        ("identity.unlinked", {"merge_from": "alice-dup"}, "payload.merge_from"),
+    ],
+)
+def test_identity_payloads(
+    validator: EventValidator, event_type: str, payload: dict[str, Any], field: str
+) -> None:
+    doc = event(type=event_type, channel="crm", payload=payload)
+    result = rejected(check(validator, doc, channel="crm"))
+    assert result.reason == "schema_violation"
+    assert [e.split(":")[0] for e in result.errors] == [field]
+
+
+# --- reserved customer ids ------------------------------------------------------------
+
+ANON_ERROR = (
+    "customer_id: ids starting with 'anon:' are reserved for anonymous profiles (the pipeline "
+    "names them anon:<type>:<value>) — use another id"
+)
+
+
+@pytest.mark.parametrize("customer_id", ["anon:x", "anon:msisdn:+447700900123", "anon:"])
+def test_anon_customer_ids_are_reserved(validator: EventValidator, customer_id: str) -> None:
+    result = rejected(check(validator, event(customer_id=customer_id), key=customer_id.encode()))
+    assert result == Rejection("schema_violation", (ANON_ERROR,))
+
+
+def test_the_reserved_id_comes_with_the_other_schema_errors(validator: EventValidator) -> None:
+    doc = event(customer_id="anon:x", payload={"offer_id": "OD-1"})
+    result = rejected(check(validator, doc, key=b"anon:x"))
+    assert result.reason == "schema_violation"
+    assert result.errors[0] == ANON_ERROR
+    assert [e.split(":")[0] for e in result.errors] == ["customer_id", "payload.offer_type"]
+    # Before the channel and the key are looked at.
+    result = rejected(check(validator, event(customer_id="anon:x"), channel="web", key=None))
+    assert result.reason == "schema_violation"
+
+
+@pytest.mark.parametrize("customer_id", ["anonymous", "Anon:x", "x-anon:y", "anon-x", " anon:x"])
+def test_only_the_anon_colon_prefix_is_reserved(
+    validator: EventValidator, customer_id: str
+) -> None:
+    doc = event(customer_id=customer_id)
+    assert check(validator, doc, key=customer_id.encode()) == doc

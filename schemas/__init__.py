@@ -9,6 +9,7 @@ from schemas.formats import is_rfc3339_datetime
 from schemas.identity import IDENTIFIER_TYPES, identity_key
 from schemas.registry import (
     EVENT_TYPES,
+    IDENTIFIED_ENVELOPE,
     JOURNEY_STAGES,
     KNOWN_EVENT_TYPES,
     RECORD_KINDS,
@@ -37,6 +38,7 @@ from schemas.validate import (
     REJECTION_REASONS,
     SCHEMA_VIOLATION,
     TOO_LARGE,
+    UNIDENTIFIED,
     UNKNOWN_TYPE,
     CompiledSchema,
     EventValidator,
@@ -50,6 +52,7 @@ __all__ = [
     "DATE_OUT_OF_RANGE",
     "EVENT_TYPES",
     "FUTURE_EVENT",
+    "IDENTIFIED_ENVELOPE",
     "IDENTIFIER_TYPES",
     "JOURNEY_STAGES",
     "KEY_MISMATCH",
@@ -65,6 +68,7 @@ __all__ = [
     "SCHEMA_ROOT",
     "SCHEMA_VIOLATION",
     "TOO_LARGE",
+    "UNIDENTIFIED",
     "UNKNOWN_TYPE",
     "VENDOR",
     "CompiledSchema",

@@ -162,6 +162,8 @@ JOURNEY_STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "se
 
 #: Name of the envelope schema.
 ENVELOPE = "event"
+#: Name of the envelope of an event without customer_id (named by its identifiers).
+IDENTIFIED_ENVELOPE = "identified_event"
 #: Customer ids starting with this are the pipeline's anonymous profiles
 #: (``anon:<type>:<value>``): refused in events.
 RESERVED_CUSTOMER_ID_PREFIX = "anon:"

@@ -169,3 +169,17 @@ def test_old_producers_events_stay_valid_under_event_1_0_4() -> None:
         assert old.is_valid(event) and new.is_valid(event), event
         checked += 1
     assert checked > 40
+
+
+def test_deadletter_1_0_2_adds_the_reason_unidentified() -> None:
+    old = load_schema(VENDOR, "deadletter", "1-0-1")
+    new = load_schema(VENDOR, "deadletter", "1-0-2")
+    assert check_evolution(old, new) == []
+    assert new["properties"]["reason"]["enum"] == [
+        *old["properties"]["reason"]["enum"],
+        "unidentified",
+    ]
+    old.pop("self"), new.pop("self")
+    old["properties"]["reason"].pop("enum"), new["properties"]["reason"].pop("enum")
+    old["properties"]["reason"].pop("description"), new["properties"]["reason"].pop("description")
+    assert old == new  # nothing else changed

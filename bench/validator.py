@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from schemas.identity import identity_key
 from schemas.registry import SAMPLES_ROOT
 from schemas.validate import EventValidator, Rejection
 
@@ -28,7 +29,9 @@ def valid_messages(count: int) -> list[tuple[str, bytes, bytes]]:
     for i in range(count):
         event = dict(samples[i % len(samples)])
         event["event_id"] = f"bench-{i}"
-        out.append((event["channel"], event["customer_id"].encode(), orjson.dumps(event)))
+        # An event without customer_id (identified_event) is keyed by its first identifier.
+        key = event["customer_id"] if "customer_id" in event else identity_key(event["identifiers"])
+        out.append((event["channel"], key.encode(), orjson.dumps(event)))
     return out
 
 

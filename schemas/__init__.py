@@ -6,8 +6,10 @@ consumers and tests check output records with :func:`validate_record`.
 
 from schemas.evolution import check_evolution
 from schemas.formats import is_rfc3339_datetime
+from schemas.identity import IDENTIFIER_TYPES, identity_key
 from schemas.registry import (
     EVENT_TYPES,
+    IDENTIFIED_ENVELOPE,
     JOURNEY_STAGES,
     KNOWN_EVENT_TYPES,
     RECORD_KINDS,
@@ -36,6 +38,7 @@ from schemas.validate import (
     REJECTION_REASONS,
     SCHEMA_VIOLATION,
     TOO_LARGE,
+    UNIDENTIFIED,
     UNKNOWN_TYPE,
     CompiledSchema,
     EventValidator,
@@ -49,6 +52,8 @@ __all__ = [
     "DATE_OUT_OF_RANGE",
     "EVENT_TYPES",
     "FUTURE_EVENT",
+    "IDENTIFIED_ENVELOPE",
+    "IDENTIFIER_TYPES",
     "JOURNEY_STAGES",
     "KEY_MISMATCH",
     "KEY_TOO_LARGE",
@@ -63,6 +68,7 @@ __all__ = [
     "SCHEMA_ROOT",
     "SCHEMA_VIOLATION",
     "TOO_LARGE",
+    "UNIDENTIFIED",
     "UNKNOWN_TYPE",
     "VENDOR",
     "CompiledSchema",
@@ -71,6 +77,7 @@ __all__ = [
     "Rejection",
     "SchemaKey",
     "check_evolution",
+    "identity_key",
     "is_rfc3339_datetime",
     "iter_schemas",
     "load_schema",

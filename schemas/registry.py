@@ -122,6 +122,9 @@ class EventType(NamedTuple):
     schema: str
     #: Touchpoint channels that may send it; None = any channel.
     channels: tuple[str, ...] | None
+    #: True when the event must name its customer by ``customer_id``: identifiers
+    #: alone (schema ``identified_event``) are refused with ``schema_violation``.
+    customer_id_required: bool = False
 
 
 #: type -> (payload schema name, channels allowed to send it or None for any).
@@ -147,6 +150,10 @@ EVENT_TYPES: dict[str, EventType] = {
     "diagnosis.ready": EventType("diagnosis_ready", ("crm",)),
     # Forgetting a customer (README "Erasure and retention"): the CRM asks, nobody else.
     "privacy.erasure_requested": EventType("privacy_erasure_requested", ("crm",)),
+    # Identity stitching (README "Identifiers"): the CRM links the envelope's identifiers
+    # to its customer_id (merge_from: and merges that customer in), or unlinks them.
+    "identity.linked": EventType("identity_linked", ("crm",), customer_id_required=True),
+    "identity.unlinked": EventType("identity_unlinked", ("crm",), customer_id_required=True),
 }
 
 KNOWN_EVENT_TYPES: tuple[str, ...] = tuple(EVENT_TYPES)
@@ -155,6 +162,11 @@ JOURNEY_STAGES: tuple[str, ...] = ("awareness", "consideration", "purchase", "se
 
 #: Name of the envelope schema.
 ENVELOPE = "event"
+#: Name of the envelope of an event without customer_id (named by its identifiers).
+IDENTIFIED_ENVELOPE = "identified_event"
+#: Customer ids starting with this are the pipeline's anonymous profiles
+#: (``anon:<type>:<value>``): refused in events.
+RESERVED_CUSTOMER_ID_PREFIX = "anon:"
 #: Output records ``validate_record`` knows: kind = schema name.
 RECORD_KINDS: tuple[str, ...] = ("trigger", "decision", "deadletter")
 

@@ -11,7 +11,9 @@ same regex semantics (ECMA 262 ``$`` = end of input, as fastjsonschema does and
 as every other language's validator does; Python's ``re`` would also accept a
 trailing newline), so they accept exactly the same documents.
 
-After the schemas come the bounds JSON Schema cannot express (:mod:`schemas.bounds`):
+After the schemas come the rules JSON Schema is not the place for: a ``customer_id``
+starting with ``anon:`` is reserved (the pipeline's anonymous profiles), a
+``schema_violation``. Then the bounds JSON Schema cannot express (:mod:`schemas.bounds`):
 the key's size, ``occurred_at`` against the clock (``future_event``: at most
 ``max_future_skew`` seconds ahead of ``now``) and every date against 2000-01-01
 and ``occurred_at`` (``date_out_of_range``). ``now`` is the validator's ``clock``
@@ -44,12 +46,15 @@ from schemas.bounds import (
     MAX_KEY_BYTES,
 )
 from schemas.formats import is_rfc3339_datetime
+from schemas.identity import IDENTIFIER_TYPES, identity_key
 from schemas.messages import render, show
 from schemas.registry import (
     ENVELOPE,
     EVENT_TYPES,
+    IDENTIFIED_ENVELOPE,
     KNOWN_EVENT_TYPES,
     RECORD_KINDS,
+    RESERVED_CUSTOMER_ID_PREFIX,
     VENDOR,
     load_schema,
     schema_versions,
@@ -69,6 +74,8 @@ KEY_TOO_LARGE = "key_too_large"
 FUTURE_EVENT = "future_event"
 DATE_OUT_OF_RANGE = "date_out_of_range"
 PROCESSING_ERROR = "processing_error"
+# deadletter 1-0-2 added this one: neither customer_id nor identifiers.
+UNIDENTIFIED = "unidentified"
 #: What :meth:`EventValidator.check` can answer, in the order it checks (an ancient
 #: ``occurred_at`` is ``date_out_of_range`` before the clock is asked).
 CHECK_REASONS: tuple[str, ...] = (
@@ -78,6 +85,7 @@ CHECK_REASONS: tuple[str, ...] = (
     NOT_AN_OBJECT,
     UNKNOWN_TYPE,
     SCHEMA_VIOLATION,
+    UNIDENTIFIED,
     CHANNEL_MISMATCH,
     MISSING_KEY,
     KEY_MISMATCH,
@@ -86,6 +94,23 @@ CHECK_REASONS: tuple[str, ...] = (
 )
 #: Every dead-letter reason: the check reasons and the worker's own failure.
 REJECTION_REASONS: tuple[str, ...] = (*CHECK_REASONS, PROCESSING_ERROR)
+
+RESERVED_ID_ERROR = (
+    f"customer_id: ids starting with {RESERVED_CUSTOMER_ID_PREFIX!r} are reserved for anonymous "
+    f"profiles (the pipeline names them {RESERVED_CUSTOMER_ID_PREFIX}<type>:<value>) — use "
+    "another id"
+)
+
+UNIDENTIFIED_ERROR = (
+    "customer_id/identifiers: the event names no customer — set customer_id, or identifiers "
+    "(msisdn, email, device_id, card_token, loyalty_id) when the channel does not know the "
+    "customer id"
+)
+#: How the key of an event without customer_id is built, for the key messages.
+IDENTITY_KEY_RULE = (
+    "<type>:<value> of the first identifier present in the order "
+    f"{', '.join(IDENTIFIER_TYPES)}"
+)
 
 DEFAULT_MAX_BYTES = 64 * 1024
 #: At most this many errors per rejection (then one line says how many more).
@@ -201,6 +226,8 @@ class EventValidator:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self.envelope = CompiledSchema.newest(ENVELOPE)
+        #: The envelope of an event without customer_id (named by its identifiers).
+        self.identified = CompiledSchema.newest(IDENTIFIED_ENVELOPE)
         self.payloads: dict[str, CompiledSchema] = {
             event_type: CompiledSchema.newest(spec.schema)
             for event_type, spec in EVENT_TYPES.items()
@@ -208,18 +235,21 @@ class EventValidator:
         self.records: dict[str, CompiledSchema] = {
             kind: CompiledSchema.newest(kind) for kind in RECORD_KINDS
         }
-        envelope_types = self.envelope.schema["properties"]["type"]["enum"]
-        if sorted(envelope_types) != sorted(KNOWN_EVENT_TYPES):
-            raise RuntimeError(
-                f"the event schema's type enum {envelope_types} differs from the registry "
-                f"{list(KNOWN_EVENT_TYPES)}"
-            )
-        # type -> (payload check, allowed channels): the hot path's only lookup.
-        self._fast: dict[str, tuple[Callable[[Any], Any], tuple[str, ...] | None]] = {
-            event_type: (self.payloads[event_type].fast, spec.channels)
+        for envelope in (self.envelope, self.identified):
+            envelope_types = envelope.schema["properties"]["type"]["enum"]
+            if sorted(envelope_types) != sorted(KNOWN_EVENT_TYPES):
+                raise RuntimeError(
+                    f"the {envelope.name} schema's type enum {envelope_types} differs from the "
+                    f"registry {list(KNOWN_EVENT_TYPES)}"
+                )
+        # type -> (payload check, allowed channels, customer_id required): the hot path's
+        # only lookup.
+        self._fast: dict[str, tuple[Callable[[Any], Any], tuple[str, ...] | None, bool]] = {
+            event_type: (self.payloads[event_type].fast, spec.channels, spec.customer_id_required)
             for event_type, spec in EVENT_TYPES.items()
         }
         self._fast_envelope = self.envelope.fast
+        self._fast_identified = self.identified.fast
         # type -> top-level payload fields that are date-times (scheduled_at): bounded too.
         self._dates: dict[str, tuple[str, ...]] = {}
         for event_type, compiled in self.payloads.items():
@@ -230,7 +260,7 @@ class EventValidator:
     @property
     def schemas(self) -> dict[str, CompiledSchema]:
         """Every compiled schema by name (envelope, payloads, records)."""
-        out = {self.envelope.name: self.envelope}
+        out = {self.envelope.name: self.envelope, self.identified.name: self.identified}
         out.update({compiled.name: compiled for compiled in self.payloads.values()})
         out.update(self.records)
         return out
@@ -290,16 +320,22 @@ class EventValidator:
                     "message",
                 ),
             )
+        # No customer_id member: the event names its customer by identifiers alone.
+        identified = "customer_id" not in event
         event_type = event.get("type")
         fast = self._fast.get(event_type) if type(event_type) is str else None
         if fast is None:
             return self._explain(event)
-        payload_check, channels = fast
+        payload_check, channels, customer_id_required = fast
+        if identified and (customer_id_required or "identifiers" not in event):
+            return self._explain(event)
         try:
-            self._fast_envelope(event)
+            (self._fast_identified if identified else self._fast_envelope)(event)
             payload_check(event["payload"])
         except fastjsonschema.JsonSchemaValueException:
             return self._explain(event)
+        if not identified and event["customer_id"].startswith(RESERVED_CUSTOMER_ID_PREFIX):
+            return Rejection(SCHEMA_VIOLATION, (RESERVED_ID_ERROR,))
         if event["channel"] != channel:
             return Rejection(
                 CHANNEL_MISMATCH,
@@ -320,6 +356,8 @@ class EventValidator:
                     f"touchpoint.{channels[0]}",
                 ),
             )
+        if identified:
+            return self._check_identity_key(event, key, now, max_future_skew)
         if not key:
             return Rejection(
                 MISSING_KEY,
@@ -330,16 +368,37 @@ class EventValidator:
                 ),
             )
         if key != event["customer_id"].encode():
-            try:
-                shown = show(key.decode("utf-8"))
-            except UnicodeDecodeError:
-                shown = f"{key[:40]!r} (not UTF-8)"
             return Rejection(
                 KEY_MISMATCH,
                 (
-                    f"key: {shown} does not equal customer_id "
+                    f"key: {_shown_key(key)} does not equal customer_id "
                     f"{show(event['customer_id'])} — set the "
                     "Kafka message key to the customer_id, encoded as UTF-8",
+                ),
+            )
+        return self._check_dates(event, self._clock() if now is None else now, max_future_skew)
+
+    def _check_identity_key(
+        self, event: dict[str, Any], key: bytes | None, now: float | None, max_future_skew: float
+    ) -> dict[str, Any] | Rejection:
+        """The key rule of an event without customer_id, then its dates."""
+        expected = identity_key(event["identifiers"])
+        if not key:
+            return Rejection(
+                MISSING_KEY,
+                (
+                    f"key: the message has no key — set the Kafka message key to {show(expected)} "
+                    f"(UTF-8): an event without customer_id is keyed by {IDENTITY_KEY_RULE}, so "
+                    "all of a customer's events share a partition and stay in order",
+                ),
+            )
+        if key != expected.encode():
+            return Rejection(
+                KEY_MISMATCH,
+                (
+                    f"key: {_shown_key(key)} does not equal {show(expected)} — an event without "
+                    f"customer_id is keyed by {IDENTITY_KEY_RULE}; set the Kafka message key to "
+                    f"{show(expected)}, encoded as UTF-8",
                 ),
             )
         return self._check_dates(event, self._clock() if now is None else now, max_future_skew)
@@ -391,9 +450,17 @@ class EventValidator:
 
     def _explain(self, event: dict[str, Any]) -> Rejection:
         """The slow path: every error in envelope and payload, and the reason code."""
-        envelope_errors = self.envelope.explain(event)
+        identified = "customer_id" not in event
+        # Neither customer_id nor identifiers: explained against the envelope with customer_id.
+        unnamed = identified and "identifiers" not in event
+        envelope = self.identified if identified and not unnamed else self.envelope
+        envelope_errors = envelope.explain(event)
         type_errors = [message for path, message in envelope_errors if path == "type"]
-        other = [message for path, message in envelope_errors if path != "type"]
+        other = [
+            message
+            for path, message in envelope_errors
+            if path != "type" and not (unnamed and path == "customer_id")
+        ]
         event_type = event.get("type")
         payload = event.get("payload")
         payload_schema = self.payloads.get(event_type) if type(event_type) is str else None
@@ -412,11 +479,31 @@ class EventValidator:
                     f"of: {', '.join(KNOWN_EVENT_TYPES)} (a new type needs its schema "
                     "published first)"
                 ]
-            if not other:
+            if not other and not unnamed:  # unnamed: the missing customer_id is an error too
                 return Rejection(UNKNOWN_TYPE, tuple(type_errors))
+        customer_id = event.get("customer_id")
+        if type(customer_id) is str and customer_id.startswith(RESERVED_CUSTOMER_ID_PREFIX):
+            other.append(RESERVED_ID_ERROR)
+        if unnamed and not type_errors and not other:
+            # Nothing else wrong: say that the event names nobody, in one sentence.
+            return Rejection(UNIDENTIFIED, (UNIDENTIFIED_ERROR,))
+        if unnamed:
+            other.append(
+                "customer_id: required field is missing — set customer_id, or identifiers "
+                "(msisdn, email, device_id, card_token, loyalty_id) when the channel does not "
+                "know the customer id"
+            )
+        spec = EVENT_TYPES.get(event_type) if type(event_type) is str else None
+        if identified and not unnamed and spec is not None and spec.customer_id_required:
+            other.append(
+                f"customer_id: required field is missing — {event_type} events name their "
+                "customer by customer_id (the customer the identifiers are linked to or "
+                "unlinked from), identifiers alone are not enough: set customer_id and key the "
+                "message by it"
+            )
         errors = type_errors + other
         if not errors:  # the engines disagree (a bug); still reject, with fastjsonschema's word
-            errors = self.envelope.errors(event)
+            errors = envelope.errors(event)
             if payload_schema is not None and not errors:
                 errors = payload_schema.errors(payload, "payload")
         return Rejection(SCHEMA_VIOLATION, _capped(sorted(errors, key=_path_of)))
@@ -475,6 +562,13 @@ def _not_json(value: bytes, exc: orjson.JSONDecodeError) -> str:
         f"value: is not valid JSON ({exc}) — send one JSON object (no NaN or Infinity, "
         "double-quoted keys and strings, no trailing commas)"
     )
+
+
+def _shown_key(key: bytes) -> str:
+    try:
+        return show(key.decode("utf-8"))
+    except UnicodeDecodeError:
+        return f"{key[:40]!r} (not UTF-8)"
 
 
 def _path_of(message: str) -> str:

@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from schemas import VENDOR, check_evolution, iter_schemas, load_schema, schema_versions
+from schemas import (
+    IDENTIFIER_TYPES,
+    VENDOR,
+    CompiledSchema,
+    check_evolution,
+    iter_schemas,
+    load_schema,
+    schema_versions,
+)
+from tests.unit.schemas.helpers import valid_events
 
 NAMES = sorted({key.name for key in iter_schemas()})
 
@@ -128,3 +137,49 @@ def test_versions_must_grow_within_the_same_model(offer: dict[str, Any]) -> None
     renamed = bumped(offer)
     renamed["self"]["name"] = "offer_taken"
     assert check_evolution(offer, renamed) == ["self.name changed"]
+
+
+def test_event_1_0_4_adds_optional_identifiers_and_the_identity_types() -> None:
+    old = load_schema(VENDOR, "event", "1-0-3")
+    new = load_schema(VENDOR, "event", "1-0-4")
+    assert check_evolution(old, new) == []
+    assert set(new["properties"]) - set(old["properties"]) == {"identifiers"}
+    assert new["required"] == old["required"]
+    assert new["properties"]["type"]["enum"] == [
+        *old["properties"]["type"]["enum"],
+        "identity.linked",
+        "identity.unlinked",
+    ]
+    identifiers = new["properties"]["identifiers"]
+    assert identifiers["additionalProperties"] is False and identifiers["minProperties"] == 1
+    assert set(identifiers["properties"]) == set(IDENTIFIER_TYPES)
+
+
+def test_old_producers_events_stay_valid_under_event_1_0_4() -> None:
+    """Every valid sample an old producer could send (1-0-3: customer_id, no identifiers,
+    an old type) passes 1-0-3 and 1-0-4 alike."""
+    old = CompiledSchema("event", "1-0-3", load_schema(VENDOR, "event", "1-0-3"))
+    new = CompiledSchema("event", "1-0-4", load_schema(VENDOR, "event", "1-0-4"))
+    old_types = set(old.schema["properties"]["type"]["enum"])
+    checked = 0
+    for _, event in valid_events():
+        if "identifiers" in event or event["type"] not in old_types:
+            assert not old.is_valid(event)
+            continue
+        assert old.is_valid(event) and new.is_valid(event), event
+        checked += 1
+    assert checked > 40
+
+
+def test_deadletter_1_0_2_adds_the_reason_unidentified() -> None:
+    old = load_schema(VENDOR, "deadletter", "1-0-1")
+    new = load_schema(VENDOR, "deadletter", "1-0-2")
+    assert check_evolution(old, new) == []
+    assert new["properties"]["reason"]["enum"] == [
+        *old["properties"]["reason"]["enum"],
+        "unidentified",
+    ]
+    old.pop("self"), new.pop("self")
+    old["properties"]["reason"].pop("enum"), new["properties"]["reason"].pop("enum")
+    old["properties"]["reason"].pop("description"), new["properties"]["reason"].pop("description")
+    assert old == new  # nothing else changed

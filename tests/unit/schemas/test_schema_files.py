@@ -16,6 +16,7 @@ from jsonschema import Draft7Validator
 from processors.settings import TOUCHPOINT_CHANNELS, TRIGGER_CHANNELS
 from schemas import (
     EVENT_TYPES,
+    IDENTIFIED_ENVELOPE,
     JOURNEY_STAGES,
     KNOWN_EVENT_TYPES,
     RECORD_KINDS,
@@ -29,9 +30,9 @@ from schemas import (
     payload_schema_name,
 )
 
-#: Objects that are free-form on purpose: the envelope's payload (validated by the
+#: Objects that are free-form on purpose: the envelopes' payload (validated by the
 #: payload schema of its type) and a trigger's payload (per trigger type).
-OPEN_OBJECTS = {("event", "payload"), ("trigger", "payload")}
+OPEN_OBJECTS = {("event", "payload"), ("identified_event", "payload"), ("trigger", "payload")}
 
 SCHEMA_KEYS = list(iter_schemas())
 DATE_TIME_PATTERN = load_schema(VENDOR, "event")["properties"]["occurred_at"]["pattern"]
@@ -69,7 +70,12 @@ def types_of(node: dict[str, Any]) -> set[str]:
 
 def test_the_tree_has_exactly_the_v1_schemas() -> None:
     names = {key.name for key in SCHEMA_KEYS}
-    expected = {"event", *(spec.schema for spec in EVENT_TYPES.values()), *RECORD_KINDS}
+    expected = {
+        "event",
+        IDENTIFIED_ENVELOPE,
+        *(spec.schema for spec in EVENT_TYPES.values()),
+        *RECORD_KINDS,
+    }
     assert names == expected
     assert all(key.vendor == VENDOR for key in SCHEMA_KEYS)
     # Nothing else lies around in the tree (stray files would be shipped as package data).
@@ -152,10 +158,11 @@ def test_patterns_and_formats_are_portable(key: SchemaKey) -> None:
 
 
 def test_envelope_enums_match_the_registry_and_the_settings() -> None:
-    envelope = load_schema(VENDOR, "event")["properties"]
-    assert envelope["type"]["enum"] == list(KNOWN_EVENT_TYPES)
-    assert envelope["channel"]["enum"] == list(TOUCHPOINT_CHANNELS)
-    assert envelope["journey_stage"]["enum"] == list(JOURNEY_STAGES)
+    for name in ("event", IDENTIFIED_ENVELOPE):
+        envelope = load_schema(VENDOR, name)["properties"]
+        assert envelope["type"]["enum"] == list(KNOWN_EVENT_TYPES), name
+        assert envelope["channel"]["enum"] == list(TOUCHPOINT_CHANNELS), name
+        assert envelope["journey_stage"]["enum"] == list(JOURNEY_STAGES), name
     trigger = load_schema(VENDOR, "trigger")["properties"]
     assert trigger["channel"]["enum"] == list(TRIGGER_CHANNELS)
     deadletter = load_schema(VENDOR, "deadletter")["properties"]
@@ -186,3 +193,22 @@ def test_the_contract_wheel_ships_the_whole_schemas_package() -> None:
     assert packages["packages"] == {"../producers": "producers", "../schemas": "schemas"}
     package_dir = SCHEMA_ROOT.parent
     assert {key.path for key in SCHEMA_KEYS} <= set(package_dir.rglob("*"))
+
+
+def test_the_identified_envelope_is_the_envelope_without_customer_id() -> None:
+    """identified_event follows event: a new envelope field needs a new version of both."""
+    event = load_schema(VENDOR, "event")
+    identified = load_schema(VENDOR, IDENTIFIED_ENVELOPE)
+    assert "customer_id" not in identified["properties"]
+    assert identified["additionalProperties"] is False
+    assert identified["required"] == [
+        "identifiers" if name == "customer_id" else name for name in event["required"]
+    ]
+
+    def shape(node: Any) -> Any:  # the schema without its annotations
+        if isinstance(node, dict):
+            return {k: shape(v) for k, v in node.items() if k not in ("description", "self")}
+        return node
+
+    expected = {k: v for k, v in event["properties"].items() if k != "customer_id"}
+    assert shape(identified["properties"]) == shape(expected)

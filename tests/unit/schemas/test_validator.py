@@ -446,3 +446,347 @@ def test_check_does_not_mutate_or_default(validator: EventValidator) -> None:
     before = copy.deepcopy(doc)
     result = check(validator, doc)
     assert result == before and "valid_hours" not in before["payload"]
+
+
+# --- identifiers (event 1-0-4) --------------------------------------------------------
+
+HASH = "sha256:" + "0123456789abcdef" * 4
+
+GOOD_IDENTIFIERS = [
+    ("msisdn", "+447700900123"),
+    ("msisdn", "+1234567"),  # 7 digits, the shortest E.164
+    ("msisdn", "+123456789012345"),  # 15 digits, the longest
+    ("msisdn", HASH),
+    ("email", "maria.garcia@example.com"),
+    ("email", "josé@exämple.es"),  # lower case beyond ASCII too
+    ("email", "a+tag@sub.example.co.uk"),
+    ("email", "x" * 240 + "@example.com"),  # 252 characters
+    ("email", HASH),
+    ("device_id", "web:3f2a9c1e"),
+    ("device_id", "~" * 128),
+    ("device_id", HASH),
+    ("card_token", "tok_4f9a1c"),
+    ("card_token", "!"),
+    ("loyalty_id", "LOY-000123"),
+    ("loyalty_id", HASH),
+]
+BAD_IDENTIFIERS = [
+    ("msisdn", "447700900123"),  # no +
+    ("msisdn", "+0447700900123"),  # country codes do not start with 0
+    ("msisdn", "+44 7700 900123"),
+    ("msisdn", "+123456"),  # 6 digits
+    ("msisdn", "+1234567890123456"),  # 16 digits
+    ("msisdn", "+447700900123\n"),
+    ("msisdn", HASH.upper()),
+    ("msisdn", HASH[:-1]),
+    ("msisdn", "sha1:" + "a" * 40),
+    ("email", "Maria@example.com"),
+    ("email", "maria@Example.com"),
+    ("email", "maria garcia@example.com"),
+    ("email", "maria\u00a0garcia@example.com"),
+    ("email", "maria@example"),
+    ("email", "maria@@example.com"),
+    ("email", "a@b@example.com"),
+    ("email", "maria@example.com\n"),
+    ("email", "x" * 243 + "@example.com"),  # 255 characters
+    ("email", "sha256:" + "AB" * 32),
+    ("device_id", "web 3f2a"),
+    ("device_id", ""),
+    ("device_id", "~" * 129),
+    ("device_id", "tëst"),
+    ("card_token", "tok\t1"),
+    ("loyalty_id", "LOY-1\n"),
+    ("loyalty_id", 123),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), GOOD_IDENTIFIERS)
+def test_good_identifiers(validator: EventValidator, name: str, value: str) -> None:
+    doc = event(identifiers={name: value})
+    assert check(validator, doc) == doc
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_IDENTIFIERS)
+def test_bad_identifiers_name_the_identifier_and_its_normal_form(
+    validator: EventValidator, name: str, value: Any
+) -> None:
+    result = rejected(check(validator, event(identifiers={name: value})))
+    assert result.reason == "schema_violation"
+    assert [e.split(":")[0] for e in result.errors] == [f"identifiers.{name}"], result.errors
+    if "does not match" in result.errors[0]:  # the pattern: the description says the form
+        if name == "msisdn":
+            assert "E.164" in result.errors[0] and "sha256:" in result.errors[0]
+        if name == "email":
+            assert "lower case" in result.errors[0] and "sha256:" in result.errors[0]
+
+
+def test_identifiers_hold_at_least_one_known_identifier(validator: EventValidator) -> None:
+    empty = rejected(check(validator, event(identifiers={})))
+    assert empty.errors == (
+        "identifiers: has 0 fields, fewer than the minimum of 1 — send at least one of: "
+        "msisdn, email, device_id, card_token, loyalty_id",
+    )
+    unknown = rejected(check(validator, event(identifiers={"imei": "35-209900-176148-1"})))
+    assert unknown.errors[0].startswith("identifiers.imei: unknown field — remove it; ")
+    assert (
+        rejected(check(validator, event(identifiers=["+447700900123"])))
+        .errors[0]
+        .startswith("identifiers: ")
+    )
+
+
+def test_an_event_with_customer_id_and_identifiers_is_keyed_by_customer_id(
+    validator: EventValidator,
+) -> None:
+    doc = event(identifiers={"msisdn": "+447700900123", "device_id": "d-1"})
+    assert check(validator, doc, key=b"alice") == doc
+    result = rejected(check(validator, doc, key=b"msisdn:+447700900123"))
+    assert result.reason == "key_mismatch"
+
+
+# --- identity.linked / identity.unlinked --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload"),
+    [
+        ("identity.linked", {}),
+        ("identity.linked", {"merge_from": "alice-dup"}),
+        ("identity.unlinked", {}),
+    ],
+)
+def test_identity_events_come_from_the_crm_only(
+    validator: EventValidator, event_type: str, payload: dict[str, Any]
+) -> None:
+    doc = event(type=event_type, channel="crm", payload=payload, identifiers={"email": "a@b.co"})
+    assert check(validator, doc, channel="crm") == doc
+    result = rejected(check(validator, {**doc, "channel": "web"}, channel="web"))
+    assert result.reason == "channel_mismatch"
+    assert result.errors[0].startswith(
+        f"type: {event_type} events may only be sent by channel crm,"
+    )
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "field"),
+    [
+        ("identity.linked", {"merge_from": ""}, "payload.merge_from"),
+        ("identity.linked", {"merge_from": "x" * 129}, "payload.merge_from"),
+        ("identity.linked", {"merge_from": 7}, "payload.merge_from"),
+        ("identity.unlinked", {"merge_from": "alice-dup"}, "payload.merge_from"),
+    ],
+)
+def test_identity_payloads(
+    validator: EventValidator, event_type: str, payload: dict[str, Any], field: str
+) -> None:
+    doc = event(type=event_type, channel="crm", payload=payload)
+    result = rejected(check(validator, doc, channel="crm"))
+    assert result.reason == "schema_violation"
+    assert [e.split(":")[0] for e in result.errors] == [field]
+
+
+# --- reserved customer ids ------------------------------------------------------------
+
+ANON_ERROR = (
+    "customer_id: ids starting with 'anon:' are reserved for anonymous profiles (the pipeline "
+    "names them anon:<type>:<value>) — use another id"
+)
+
+
+@pytest.mark.parametrize("customer_id", ["anon:x", "anon:msisdn:+447700900123", "anon:"])
+def test_anon_customer_ids_are_reserved(validator: EventValidator, customer_id: str) -> None:
+    result = rejected(check(validator, event(customer_id=customer_id), key=customer_id.encode()))
+    assert result == Rejection("schema_violation", (ANON_ERROR,))
+
+
+def test_the_reserved_id_comes_with_the_other_schema_errors(validator: EventValidator) -> None:
+    doc = event(customer_id="anon:x", payload={"offer_id": "OD-1"})
+    result = rejected(check(validator, doc, key=b"anon:x"))
+    assert result.reason == "schema_violation"
+    assert result.errors[0] == ANON_ERROR
+    assert [e.split(":")[0] for e in result.errors] == ["customer_id", "payload.offer_type"]
+    # Before the channel and the key are looked at.
+    result = rejected(check(validator, event(customer_id="anon:x"), channel="web", key=None))
+    assert result.reason == "schema_violation"
+
+
+@pytest.mark.parametrize("customer_id", ["anonymous", "Anon:x", "x-anon:y", "anon-x", " anon:x"])
+def test_only_the_anon_colon_prefix_is_reserved(
+    validator: EventValidator, customer_id: str
+) -> None:
+    doc = event(customer_id=customer_id)
+    assert check(validator, doc, key=customer_id.encode()) == doc
+
+
+# --- identified events (identified_event 1-0-0: no customer_id) ------------------------
+
+
+def identified(**changes: Any) -> dict[str, Any]:
+    """A telco event that names its customer by identifiers only."""
+    doc = event(
+        customer_id=None,
+        type="telco.network_attached",
+        channel="telco",
+        payload={"country": "FR"},
+        identifiers={"msisdn": "+447700900123", "device_id": "imei:35-209900-176148-1"},
+    )
+    for name, value in changes.items():
+        if value is None:
+            doc.pop(name, None)
+        else:
+            doc[name] = value
+    return doc
+
+
+def test_an_identified_event_is_keyed_by_its_first_identifier(validator: EventValidator) -> None:
+    doc = identified()
+    assert check(validator, doc, channel="telco", key=b"msisdn:+447700900123") == doc
+    only_device = identified(identifiers={"device_id": "imei:35-209900-176148-1"})
+    key = b"device_id:imei:35-209900-176148-1"
+    assert check(validator, only_device, channel="telco", key=key) == only_device
+
+
+@pytest.mark.parametrize(
+    ("identifiers", "expected"),
+    [
+        ({"device_id": "d", "card_token": "t", "loyalty_id": "l"}, "loyalty_id:l"),
+        ({"device_id": "d", "card_token": "t"}, "card_token:t"),
+        ({"device_id": "d", "email": "a@b.co"}, "email:a@b.co"),
+        ({"email": "a@b.co", "msisdn": "+447700900123"}, "msisdn:+447700900123"),
+    ],
+)
+def test_the_key_follows_the_priority_order(
+    validator: EventValidator, identifiers: dict[str, str], expected: str
+) -> None:
+    doc = identified(identifiers=identifiers)
+    assert check(validator, doc, channel="telco", key=expected.encode()) == doc
+    for name, value in identifiers.items():
+        if f"{name}:{value}" != expected:
+            result = rejected(
+                check(validator, doc, channel="telco", key=f"{name}:{value}".encode())
+            )
+            assert result.reason == "key_mismatch"
+
+
+@pytest.mark.parametrize("key", [None, b""])
+def test_an_identified_event_without_key_names_the_key_to_set(
+    validator: EventValidator, key: bytes | None
+) -> None:
+    result = rejected(check(validator, identified(), channel="telco", key=key))
+    assert result == Rejection(
+        "missing_key",
+        (
+            'key: the message has no key — set the Kafka message key to "msisdn:+447700900123" '
+            "(UTF-8): an event without customer_id is keyed by <type>:<value> of the first "
+            "identifier present in the order msisdn, email, loyalty_id, card_token, device_id, "
+            "so all of a customer's events share a partition and stay in order",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "key",
+    [b"+447700900123", b"device_id:imei:35-209900-176148-1", b"msisdn:+447700900123 ", b"\xff"],
+)
+def test_an_identified_event_with_another_key_says_the_key_and_the_rule(
+    validator: EventValidator, key: bytes
+) -> None:
+    result = rejected(check(validator, identified(), channel="telco", key=key))
+    assert result.reason == "key_mismatch"
+    (error,) = result.errors
+    assert error.startswith("key: ")
+    assert 'does not equal "msisdn:+447700900123" — an event without customer_id is keyed by ' in (
+        error
+    )
+    assert "in the order msisdn, email, loyalty_id, card_token, device_id" in error
+
+
+def test_identified_events_get_the_same_checks_as_the_others(validator: EventValidator) -> None:
+    key = b"msisdn:+447700900123"
+    # channel field against the topic, and the type's channels
+    result = rejected(check(validator, identified(), channel="mobile", key=key))
+    assert result.reason == "channel_mismatch" and result.errors[0].startswith("channel: ")
+    doc = identified(channel="web")
+    result = rejected(check(validator, doc, channel="web", key=key))
+    assert result.reason == "channel_mismatch" and result.errors[0].startswith("type: ")
+    # dates
+    result = rejected(
+        check(validator, identified(occurred_at="1999-12-31T23:59:59Z"), "telco", key)
+    )
+    assert result.reason == "date_out_of_range"
+    result = rejected(
+        check(validator, identified(occurred_at="2099-01-01T00:00:00Z"), "telco", key)
+    )
+    assert result.reason == "future_event"
+    # size and key size
+    value = orjson.dumps(identified())
+    result = rejected(validator.check("telco", key, value, len(value) - 1))
+    assert result.reason == "too_large"
+    assert rejected(check(validator, identified(), "telco", b"k" * 2000)).reason == "key_too_large"
+    # the schema: payload, unknown fields, identifiers required and well-formed
+    result = rejected(check(validator, identified(payload={}), "telco", key))
+    assert [e.split(":")[0] for e in result.errors] == ["payload.country"]
+    result = rejected(check(validator, identified(identifiers={"msisdn": "07700900123"}), "telco"))
+    assert [e.split(":")[0] for e in result.errors] == ["identifiers.msisdn"]
+    result = rejected(check(validator, identified(customerid="x"), "telco", key))
+    assert result.errors[0].startswith("customerid: unknown field — remove it; ")
+
+
+def test_a_null_customer_id_is_not_an_identified_event(validator: EventValidator) -> None:
+    doc = {**identified(), "customer_id": None}
+    result = rejected(check(validator, doc, "telco", b"msisdn:+447700900123"))
+    assert result.reason == "schema_violation"
+    assert [e.split(":")[0] for e in result.errors] == ["customer_id"]
+
+
+@pytest.mark.parametrize("event_type", ["identity.linked", "identity.unlinked"])
+def test_identity_events_need_a_customer_id(validator: EventValidator, event_type: str) -> None:
+    doc = identified(type=event_type, channel="crm", payload={})
+    result = rejected(check(validator, doc, "crm", b"msisdn:+447700900123"))
+    assert result == Rejection(
+        "schema_violation",
+        (
+            f"customer_id: required field is missing — {event_type} events name their customer "
+            "by customer_id (the customer the identifiers are linked to or unlinked from), "
+            "identifiers alone are not enough: set customer_id and key the message by it",
+        ),
+    )
+    # With other problems, all of them.
+    result = rejected(check(validator, {**doc, "payload": {"x": 1}}, "crm", None))
+    assert [e.split(":")[0] for e in result.errors] == ["customer_id", "payload.x"]
+
+
+# --- unidentified: neither customer_id nor identifiers ---------------------------------
+
+UNIDENTIFIED_MESSAGE = (
+    "customer_id/identifiers: the event names no customer — set customer_id, or identifiers "
+    "(msisdn, email, device_id, card_token, loyalty_id) when the channel does not know the "
+    "customer id"
+)
+
+
+@pytest.mark.parametrize("key", [b"alice", None])
+def test_an_event_naming_no_customer_is_unidentified(
+    validator: EventValidator, key: bytes | None
+) -> None:
+    result = rejected(check(validator, event(customer_id=None), key=key))
+    assert result == Rejection("unidentified", (UNIDENTIFIED_MESSAGE,))
+    # before the channel is looked at
+    result = rejected(check(validator, event(customer_id=None), channel="web", key=key))
+    assert result.reason == "unidentified"
+
+
+def test_naming_no_customer_among_other_errors_is_a_schema_violation(
+    validator: EventValidator,
+) -> None:
+    result = rejected(check(validator, event(customer_id=None, payload={"offer_id": "OD-1"})))
+    assert result.reason == "schema_violation"
+    assert result.errors[0] == (
+        "customer_id: required field is missing — set customer_id, or identifiers (msisdn, "
+        "email, device_id, card_token, loyalty_id) when the channel does not know the customer id"
+    )
+    assert [e.split(":")[0] for e in result.errors] == ["customer_id", "payload.offer_type"]
+    # An unknown type too: both errors, as before identifiers existed.
+    result = rejected(check(validator, event(customer_id=None, type="order.shipped")))
+    assert result.reason == "schema_violation"
+    assert [e.split(":")[0] for e in result.errors] == ["customer_id", "type"]

@@ -108,8 +108,7 @@ UNIDENTIFIED_ERROR = (
 )
 #: How the key of an event without customer_id is built, for the key messages.
 IDENTITY_KEY_RULE = (
-    "<type>:<value> of the first identifier present in the order "
-    f"{', '.join(IDENTIFIER_TYPES)}"
+    f"<type>:<value> of the first identifier present in the order {', '.join(IDENTIFIER_TYPES)}"
 )
 
 DEFAULT_MAX_BYTES = 64 * 1024

@@ -2,7 +2,9 @@
 
 It validates every event against the contract before sending (the same
 validator the worker runs), keys it by customer id with Kafka's murmur2
-partitioner, and uses an idempotent producer with delivery reports::
+partitioner (an event without ``customer_id`` by its first identifier,
+``<type>:<value>``: :func:`schemas.identity_key`), and uses an idempotent
+producer with delivery reports::
 
     with TouchpointProducer(ProducerSettings.from_env()) as producer:
         producer.publish({"event_id": "...", "type": "offer.accepted", ...})
@@ -26,7 +28,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from producers.claims import CouponClaims
 from producers.config import ProducerSettings, ProducerTarget
-from schemas import EventValidator, Rejection
+from schemas import EventValidator, Rejection, identity_key
 
 # CouponClaims lives in producers.claims; the README names it as producers.sdk.CouponClaims.
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "EventRejected",
     "ProducerSettings",
     "TouchpointProducer",
+    "message_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ class TouchpointProducer:
         value = event if isinstance(event, bytes) else orjson.dumps(event)
         record = event if isinstance(event, dict) else _peek(value)
         channel = channel or str(record.get("channel", ""))
-        key = str(record.get("customer_id", "")).encode() or None
+        key = message_key(record)
         result = self.validator.check(
             channel,
             key,
@@ -116,7 +119,7 @@ class TouchpointProducer:
         value = self.check(event, channel)
         record = _peek(value)
         topic = self.settings.touchpoint_topic(channel or record["channel"])
-        key = record["customer_id"].encode()
+        key = message_key(record)
         while True:
             try:
                 self._producer.produce(
@@ -160,6 +163,22 @@ class TouchpointProducer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def message_key(event: dict[str, Any]) -> bytes | None:
+    """The Kafka message key of an event: its ``customer_id`` (UTF-8); for an event
+    without one, ``<type>:<value>`` of its first identifier in the order msisdn, email,
+    loyalty_id, card_token, device_id (:func:`schemas.identity_key`); None when it has
+    neither (the validator then says why: ``unidentified`` or ``schema_violation``)."""
+    if "customer_id" in event:
+        return str(event["customer_id"]).encode() or None
+    identifiers = event.get("identifiers")
+    if isinstance(identifiers, dict):
+        try:
+            return identity_key(identifiers).encode()
+        except ValueError:  # no known identifier: the schema check names it
+            return None
+    return None
 
 
 def _both(first: DeliveryHandler, second: DeliveryHandler) -> DeliveryHandler:

@@ -28,7 +28,7 @@ SCHEMA_ROOT: Path = Path(__file__).parent / "iglu"
 #:   code and ``field`` the field an error must name; optional ``value_hex`` (raw bytes
 #:   that are not UTF-8) and ``max_bytes`` (a smaller size limit for that sample);
 #: * ``records/valid/<kind>/*.json`` and ``records/invalid/<kind>/*.json``
-#:   (``{"record", "field", "note"}``) for trigger, decision and deadletter.
+#:   (``{"record", "field", "note"}``) for trigger, decision, deadletter and identity.
 SAMPLES_ROOT: Path = Path(__file__).parent / "samples"
 #: Our vendor in the Iglu tree.
 VENDOR = "com.omnichannel"
@@ -167,8 +167,9 @@ IDENTIFIED_ENVELOPE = "identified_event"
 #: Customer ids starting with this are the pipeline's anonymous profiles
 #: (``anon:<type>:<value>``): refused in events.
 RESERVED_CUSTOMER_ID_PREFIX = "anon:"
-#: Output records ``validate_record`` knows: kind = schema name.
-RECORD_KINDS: tuple[str, ...] = ("trigger", "decision", "deadletter")
+#: Output records ``validate_record`` knows: kind = schema name (``identity``: the
+#: records of ``identity.log``).
+RECORD_KINDS: tuple[str, ...] = ("trigger", "decision", "deadletter", "identity")
 
 
 def payload_schema_name(event_type: str) -> str:

@@ -108,8 +108,7 @@ UNIDENTIFIED_ERROR = (
 )
 #: How the key of an event without customer_id is built, for the key messages.
 IDENTITY_KEY_RULE = (
-    "<type>:<value> of the first identifier present in the order "
-    f"{', '.join(IDENTIFIER_TYPES)}"
+    f"<type>:<value> of the first identifier present in the order {', '.join(IDENTIFIER_TYPES)}"
 )
 
 DEFAULT_MAX_BYTES = 64 * 1024
@@ -509,7 +508,7 @@ class EventValidator:
         return Rejection(SCHEMA_VIOLATION, _capped(sorted(errors, key=_path_of)))
 
     def record_errors(self, kind: str, record: Any) -> list[str]:
-        """Errors of an output record (``trigger``, ``decision``, ``deadletter``)."""
+        """Errors of an output record (``trigger``, ``decision``, ``deadletter``, ``identity``)."""
         compiled = self.records.get(kind)
         if compiled is None:
             raise ValueError(f"unknown record kind {kind!r}; known: {', '.join(RECORD_KINDS)}")
@@ -596,6 +595,6 @@ def default_validator() -> EventValidator:
 def validate_record(kind: str, record: Any) -> list[str]:
     """Errors of an output record against its schema (newest version); [] when valid.
 
-    ``kind`` is ``trigger``, ``decision`` or ``deadletter``; ValueError otherwise.
+    ``kind`` is ``trigger``, ``decision``, ``deadletter`` or ``identity``; ValueError otherwise.
     """
     return default_validator().record_errors(kind, record)

@@ -127,8 +127,9 @@ def test_agree_on_every_event_sample(validator: EventValidator) -> None:
     documents += [s.event for s in invalid_samples() if isinstance(s.event, dict)]
     checked = 0
     for doc in documents:
-        fast, slow = verdicts(validator.envelope, doc)
-        assert fast == slow, doc
+        for envelope in (validator.envelope, validator.identified):
+            fast, slow = verdicts(envelope, doc)
+            assert fast == slow, (envelope.name, doc)
         payload_schema = validator.payloads.get(doc.get("type"))  # type: ignore[arg-type]
         if payload_schema is not None and isinstance(doc.get("payload"), dict):
             assert (
@@ -152,8 +153,9 @@ def test_agree_on_mutations_of_valid_events(validator: EventValidator, event_typ
     seen = {True: 0, False: 0}
     for event in valid:
         for mutated in mutations(event):
-            fast, slow = verdicts(validator.envelope, mutated)
-            assert fast == slow, mutated
+            for envelope in (validator.envelope, validator.identified):
+                fast, slow = verdicts(envelope, mutated)
+                assert fast == slow, (envelope.name, mutated)
             payload = mutated.get("payload")
             if mutated.get("type") == event_type and isinstance(payload, dict):
                 fast, slow = verdicts(validator.payloads[event_type], payload)
@@ -164,7 +166,7 @@ def test_agree_on_mutations_of_valid_events(validator: EventValidator, event_typ
     assert seen[True] > 10 and seen[False] > min(50, 10 * fields), seen
 
 
-@pytest.mark.parametrize("kind", ["trigger", "decision", "deadletter"])
+@pytest.mark.parametrize("kind", ["trigger", "decision", "deadletter", "identity"])
 def test_agree_on_mutations_of_valid_records(validator: EventValidator, kind: str) -> None:
     seen = {True: 0, False: 0}
     for record_kind, _, document in record_samples("valid"):

@@ -365,8 +365,8 @@ def test_jsonschemas_own_format_checker_enforces_date_time() -> None:
 # --- records --------------------------------------------------------------------------
 
 
-def test_validate_record_knows_three_kinds() -> None:
-    with pytest.raises(ValueError, match="trigger, decision, deadletter"):
+def test_validate_record_knows_its_kinds() -> None:
+    with pytest.raises(ValueError, match="trigger, decision, deadletter, identity"):
         validate_record("event", {})
     assert validate_record("decision", [])[0].startswith("decision: [] is an array")
 
@@ -790,3 +790,70 @@ def test_naming_no_customer_among_other_errors_is_a_schema_violation(
     result = rejected(check(validator, event(customer_id=None, type="order.shipped")))
     assert result.reason == "schema_violation"
     assert [e.split(":")[0] for e in result.errors] == ["customer_id", "type"]
+
+
+# --- identity records (identity.log) --------------------------------------------------
+
+IDENTITY_RECORD: dict[str, Any] = {
+    "record_id": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "type": "identity.refused",
+    "customer_id": "maria-s14",
+    "identifier": {"type": "msisdn", "value": "+447700900123"},
+    "merged_from": None,
+    "reason": "linked_to_another_customer",
+    "source_event_id": "e-1",
+    "at": "2026-01-15T09:30:00.125Z",
+}
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"type": "identity.linked", "reason": None},
+        {"type": "identity.merged", "reason": None, "identifier": None, "merged_from": "bob"},
+        {"type": "identity.merged", "reason": None, "merged_from": "anon:email:" + "x" * 254},
+        {"customer_id": None, "reason": "blocked_value"},
+        {"reason": "shared_device"},
+        {"reason": "identifier_limit"},
+        {"reason": "reserved_id", "customer_id": "anon:x"},
+        {"type": "identity.unlinked", "reason": None, "at": "2026-01-15T10:30:00+01:00"},
+    ],
+)
+def test_identity_records(changes: dict[str, Any]) -> None:
+    assert validate_record("identity", {**IDENTITY_RECORD, **changes}) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "fields"),
+    [
+        ({"type": "identity.stitched"}, ["type"]),
+        ({"reason": "because"}, ["reason"]),
+        ({"reason": ""}, ["reason"]),
+        ({"identifier": {"type": "phone", "value": ""}}, ["identifier.type", "identifier.value"]),
+        ({"identifier": {"type": "msisdn"}}, ["identifier.value"]),
+        ({"identifier": "msisdn:+447700900123"}, ["identifier"]),
+        ({"customer_id": ""}, ["customer_id"]),
+        ({"merged_from": "x" * 266}, ["merged_from"]),
+        ({"at": "2026-01-15T09:30:00"}, ["at"]),
+        ({"source_event_id": None}, ["source_event_id"]),
+        ({"note": "x"}, ["note"]),
+    ],
+)
+def test_identity_records_refused(changes: dict[str, Any], fields: list[str]) -> None:
+    errors = validate_record("identity", {**IDENTITY_RECORD, **changes})
+    assert [e.split(":")[0] for e in errors] == fields, errors
+
+
+def test_identity_records_have_every_field() -> None:
+    for name in IDENTITY_RECORD:
+        record = {k: v for k, v in IDENTITY_RECORD.items() if k != name}
+        assert validate_record("identity", record) == [
+            f"{name}: required field is missing — add it: "
+            + load_schema(VENDOR, "identity")["properties"][name]["description"]
+        ]
+    errors = validate_record("identity", {**IDENTITY_RECORD, "reason": "because"})
+    assert errors == [
+        'reason: "because" is not allowed — use one of: blocked_value, shared_device, '
+        "linked_to_another_customer, identifier_limit, reserved_id, null"
+    ]

@@ -72,6 +72,7 @@ from bench.stack import bench_stack, terminate_as_interrupt
 from devstack.kafka import REPO_ROOT, LocalKafka
 from devstack.ports import free_port
 from devstack.redis import LocalRedis
+from processors.domain.identity import KIND_HEADER, IdentityPolicy
 from processors.domain.record_codec import decode_record
 from processors.settings import TRIGGER_CHANNELS, Settings
 from processors.topics import ensure_topics
@@ -290,6 +291,15 @@ class Read:
     offset: int
     key: bytes | None
     value: bytes | None
+    #: The ``omni-kind`` header: the record is an identifier's (processors/identity.py).
+    kind: str | None = None
+
+
+def _kind(message: Any) -> str | None:
+    for name, value in message.headers() or ():
+        if name == KIND_HEADER and value is not None:
+            return bytes(value).decode()
+    return None
 
 
 def read_topics(settings: Settings, topics: Sequence[str], timeout: float = 300.0) -> list[Read]:
@@ -323,7 +333,9 @@ def read_topics(settings: Settings, topics: Sequence[str], timeout: float = 300.
                 tp = (message.topic() or "", message.partition() or 0)
                 offset = message.offset() or 0
                 if tp in remaining and offset < wanted[tp]:
-                    records.append(Read(tp[0], tp[1], offset, message.key(), message.value()))
+                    records.append(
+                        Read(tp[0], tp[1], offset, message.key(), message.value(), _kind(message))
+                    )
                     if offset + 1 >= wanted[tp]:
                         del remaining[tp]
         return records
@@ -534,11 +546,22 @@ def run_chaos(
         customers = read_table(Path(w1.settings.data_dir), "customers")
         timelines = read_table(Path(w1.settings.data_dir), "timelines")
         stats = read_table(Path(w1.settings.data_dir), "stats")
+        identities = read_table(Path(w1.settings.data_dir), "identities")
         compare_at = time.time()
         result.update(
-            score(settings, workload, producer, outputs, customers, timelines, stats, compare_at)
+            score(
+                settings,
+                workload,
+                producer,
+                outputs,
+                customers,
+                timelines,
+                stats,
+                compare_at,
+                identities,
+            )
         )
-        expectation = expected_from_worker(customers, timelines, stats, compare_at)
+        expectation = expected_from_worker(customers, timelines, stats, compare_at, identities)
         oracle_view = result.pop("_expected_read_model")
         strings, hashes, present = read_redis(redis_server.url, oracle_view)
         vs_oracle = oc.score_read_model(oracle_view, strings, hashes, present)
@@ -588,10 +611,21 @@ def expected_from_worker(
     timelines: dict[tuple[int, bytes], bytes],
     stats: dict[tuple[int, bytes], bytes],
     now: float,
+    identities: dict[tuple[int, bytes], bytes] | None = None,
 ) -> oc.ReadModelExpectation:
     """What Redis must hold according to the worker's own final state."""
     states, lines = customer_views(customers, timelines)
-    return oc.expected_read_model(states, lines, stats_totals(stats), now)
+    return oc.expected_read_model(
+        states, lines, stats_totals(stats), now, identity_views(identities or {})
+    )
+
+
+def identity_views(identities: dict[tuple[int, bytes], bytes]) -> dict[str, dict[str, Any]]:
+    """Each identifier's record (JSON types) without its time-dependent fields."""
+    return {
+        key.decode(): oc.without(orjson.loads(value), oc.TIME_DEPENDENT_IDENTITY_FIELDS)
+        for (_, key), value in identities.items()
+    }
 
 
 def customer_views(
@@ -655,6 +689,7 @@ def score(
     timelines: dict[tuple[int, bytes], bytes],
     stats: dict[tuple[int, bytes], bytes],
     compare_at: float,
+    identities: dict[tuple[int, bytes], bytes] | None = None,
 ) -> dict[str, Any]:
     """The oracle against what the worker emitted and stored."""
     from pathlib import Path as _Path
@@ -668,13 +703,18 @@ def score(
     forwarded = [
         oc.Forwarded(r.partition, r.offset, r.key, r.value)
         for r in outputs
-        if r.topic == ce_topic and r.value  # empty values are the worker's timer markers
+        # Empty values are the worker's timer markers; records with a kind header are
+        # identifiers' (identified events before resolution, link commands).
+        if r.topic == ce_topic and r.value and r.kind is None
     ]
     order, other = oc.customer_order(forwarded, valid_ids)  # type: ignore[arg-type]
     got = {orjson.loads(f.value)["event_id"] for rs in order.values() for f in rs}
     never_forwarded = sorted(str(e) for e in set(valid_ids) - got)
+    # One source partition = one topic and key (identified events are keyed by identifier).
     source_rank = {
-        r.event_id: (r.channel, r.index) for r in workload.records if r.kind == VALID and r.event_id
+        r.event_id: (f"{r.channel}|{r.key!r}", r.index)
+        for r in workload.records
+        if r.kind == VALID and r.event_id
     }
     violations = oc.ingest_order_violations(order, source_rank)
     source_of: dict[str, oc.Source] = {}
@@ -694,6 +734,23 @@ def score(
     ctx = step_context(settings, ruleset)
     started = time.monotonic()
     oracle = oc.run_oracle(order, ctx, compare_at)
+    # Identifiers: identity_step over their records (identified events, link commands).
+    identity_oracle = oc.run_identity_oracle(
+        (
+            oc.IdentityInput(r.partition, r.offset, r.key or b"", r.kind, r.value or b"")
+            for r in outputs
+            if r.topic == ce_topic and r.kind is not None
+        ),
+        IdentityPolicy.from_settings(settings),
+        compare_at,
+    )
+    actual_identities = identity_views(identities or {})
+    identities_differ = sorted(
+        key
+        for key in set(identity_oracle) | set(actual_identities)
+        if identity_oracle.get(key) != actual_identities.get(key)
+    )
+    still_parked = sorted(k for k, r in actual_identities.items() if r.get("parked"))
     oracle_s = time.monotonic() - started
 
     triggers = [orjson.loads(r.value) for r in outputs if r.topic in trigger_topics and r.value]
@@ -814,6 +871,17 @@ def score(
             )[:10],
         },
         "timelines": {"differing": len(timeline_differs), "examples": timeline_differs[:10]},
+        "identities": {
+            "keys": len(identity_oracle),
+            "differing": len(identities_differ),
+            "examples": identities_differ[:10],
+            # Every identifier of the run is linked by its customer's home profile: an
+            # event still parked at the end waited for a link that was lost.
+            "still_parked": len(still_parked),
+            "identified_events": sum(
+                1 for r in workload.records if r.kind == VALID and r.key and b":" in r.key
+            ),
+        },
         "stats": {
             "keys": len(oracle.stats),
             "differing": len(stats_differ),
@@ -840,7 +908,7 @@ def score(
             "held": (max(lags) if lags else 0.0) < oc.TIME_BOUND_SECONDS - oc.NOW_OFFSET,
         },
         "_expected_read_model": oc.expected_read_model(
-            oracle.states, oracle.timelines, oracle.stats, compare_at
+            oracle.states, oracle.timelines, oracle.stats, compare_at, identity_oracle
         ),
     }
 
@@ -854,6 +922,8 @@ def verdict(result: dict[str, Any]) -> dict[str, Any]:
         "triggers_lost": result["triggers"]["lost"] == 0,
         "duplicates_after_dedup": result["triggers"]["duplicates_after_dedup"] == 0,
         "customers_wrong_state": result["states"]["differing"] + result["states"]["missing"] == 0,
+        "identities_wrong": result["identities"]["differing"] + result["identities"]["still_parked"]
+        == 0,
         "redis_keys_differing": rm["differing"] + rm["missing"] + rm["extra"] == 0,
         "poison_deadlettered": result["poison"]["deadlettered"] == result["poison"]["sent"],
         "worker_stops_caused_by_input": stops == 0,
@@ -927,6 +997,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"| customers whose final state differs from the oracle | {s['differing'] + s['missing']:,}"
         f" of {s['customers']:,} | 0 | {_met(v['customers_wrong_state'])} |",
         f"| customer records the oracle has no customer for | {s['extra']:,} | 0 | |",
+        f"| identifier records differing from the oracle (identity_step) / events still parked"
+        f" | {result['identities']['differing']:,} of {result['identities']['keys']:,} / "
+        f"{result['identities']['still_parked']:,} | 0 / 0 | {_met(v['identities_wrong'])} |",
         f"| timelines differing / offer counters differing | {result['timelines']['differing']:,}"
         f" / {result['stats']['differing']:,} of {result['stats']['keys']:,} | 0 | |",
         f"| Redis keys differing from the worker's state | "

@@ -50,6 +50,13 @@ from typing import Any
 
 import orjson
 
+from processors.domain.identity import (
+    IdentityMessage,
+    IdentityPolicy,
+    IdentityRecord,
+    identifier_view,
+    identity_step,
+)
 from processors.domain.model import CustomerState, Event
 from processors.domain.read_model import (
     ReadModelWrite,
@@ -200,6 +207,58 @@ def _collect(oracle: Oracle, out: Any, partition: int) -> None:
         totals[counter] = totals.get(counter, 0.0) + amount
 
 
+@dataclass(frozen=True, slots=True)
+class IdentityInput:
+    """A record of ``omni.customer-events`` for an identifier (header ``omni-kind``)."""
+
+    partition: int
+    offset: int
+    key: bytes
+    kind: str
+    value: bytes
+
+
+#: Record fields that hold processing time (the parking deadline), left out.
+TIME_DEPENDENT_IDENTITY_FIELDS: tuple[str, ...] = ("park_until",)
+
+
+def run_identity_oracle(
+    inputs: Iterable[IdentityInput], policy: IdentityPolicy, now: float
+) -> dict[str, dict[str, Any]]:
+    """``identity_step`` over each identifier's records in topic order, the first copy of
+    each (an at-least-once replay repeats a record byte for byte); parking ticks are left
+    out (the run's parking outlasts it: a tick finds nothing due). Returns each
+    identifier's final record (JSON types), without its time-dependent fields."""
+    seen: set[tuple[bytes, str, bytes]] = set()
+    by_key: dict[bytes, list[IdentityMessage]] = defaultdict(list)
+    for record in sorted(inputs, key=lambda r: (r.partition, r.offset)):
+        marker = (record.key, record.kind, record.value)
+        if not record.value or marker in seen:
+            continue
+        seen.add(marker)
+        by_key[record.key].append(
+            IdentityMessage(record.kind, orjson.loads(record.value), 0.0, len(record.value))
+        )
+    records: dict[str, dict[str, Any]] = {}
+    for key, messages in by_key.items():
+        final, _ = identity_step(key.decode(), None, messages, policy, now)
+        if final is not None:
+            records[key.decode()] = without(
+                orjson.loads(final.to_json()), TIME_DEPENDENT_IDENTITY_FIELDS
+            )
+    return records
+
+
+def identity_read_model(records: Mapping[str, Mapping[str, Any]]) -> list[ReadModelWrite]:
+    """The identifier keys these records project (identity.identifier_view)."""
+    writes = []
+    for key, record in records.items():
+        view = identifier_view(key, IdentityRecord(**record))
+        if view is not None:
+            writes.append(view)
+    return writes
+
+
 # --- scores ------------------------------------------------------------------------------
 
 
@@ -343,6 +402,7 @@ def expected_read_model(
     timelines: Mapping[str, Sequence[dict[str, Any]]],
     stats: Mapping[tuple[str, str, int], Mapping[str, float]],
     now: float,
+    identities: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ReadModelExpectation:
     """What Redis must hold for these records: ``project()`` of each state as of ``now``,
     the timelines, and the offer counters (one hash field per channel and partition)."""
@@ -363,6 +423,8 @@ def expected_read_model(
             add(timeline_write(customer, list(timeline)))
     for (rule, channel, partition), totals in stats.items():
         add(ReadModelWrite(stats_key(rule), orjson.dumps(totals), field=f"{channel}|p{partition}"))
+    for write in identity_read_model(identities or {}):
+        add(write)
     return expectation
 
 

@@ -164,8 +164,14 @@ def _valid_record(
     customer: str,
     occurred_at: str,
     payload: dict[str, Any],
+    identifiers: dict[str, str] | None = None,
+    identified: bool = False,
 ) -> bytes:
     event = _event(event_id, type_, channel, customer, occurred_at, payload)
+    if identifiers:
+        event["identifiers"] = identifiers
+    if identified:  # the channel knows the phone, not the customer
+        del event["customer_id"]
     # Optional envelope fields, as some channels send them (as bench.workload does).
     if channel in ("mobile", "telco") and rng.random() < 0.5:
         event["device"] = {"id": f"dev-{customer}", "kind": "phone"}
@@ -294,6 +300,16 @@ def chaos_customer_id(index: int) -> str:
     return f"cx-{index:06d}"
 
 
+def chaos_msisdn(index: int) -> str:
+    """The customer's phone number (E.164), linked by her home profile."""
+    return f"+4470{index:08d}"
+
+
+#: Share of the telco events after the home profiles sent with only the MSISDN
+#: (identified events: resolved by the identity step, parked until the link is known).
+IDENTIFIED_TELCO_SHARE = 0.5
+
+
 def home_of(customer: str) -> str:
     return home_country(int(customer.rsplit("-", 1)[1]))
 
@@ -356,8 +372,20 @@ def generate(
             event_id = f"ev-{valid_next:09d}"
             valid_next += 1
             customer = ids[cindex]
-            value = _valid_record(rng, event_id, type_, channel, customer, at, payload)
-            record = Record(index, channel, customer.encode(), value, VALID, event_id, customer)
+            phone = chaos_msisdn(cindex)
+            key = customer.encode()
+            if valid_next <= customers:  # her home profile links her phone
+                value = _valid_record(
+                    rng, event_id, type_, channel, customer, at, payload, {"msisdn": phone}
+                )
+            elif channel == "telco" and rng.random() < IDENTIFIED_TELCO_SHARE:
+                value = _valid_record(
+                    rng, event_id, type_, channel, customer, at, payload, {"msisdn": phone}, True
+                )
+                key = f"msisdn:{phone}".encode()
+            else:
+                value = _valid_record(rng, event_id, type_, channel, customer, at, payload)
+            record = Record(index, channel, key, value, VALID, event_id, customer)
             produced_valid.append(record)
             workload.mix[type_] += 1
         elif kind == DUPLICATE:
@@ -380,8 +408,8 @@ def generate(
             if other == cid:
                 other = ids[(ids.index(cid) + 1) % customers] if customers > 1 else cid + "-other"
             context = PoisonContext(rng, f"px-{kind}-{poison_serial:06d}", cid, other, at)
-            channel, key, value = POISON_BUILDERS[kind](context)
-            record = Record(index, channel, key, value, kind, context.event_id)
+            channel, poison_key, value = POISON_BUILDERS[kind](context)
+            record = Record(index, channel, poison_key, value, kind, context.event_id)
         workload.records.append(record)
         workload.kinds[kind] += 1
     return workload

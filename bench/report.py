@@ -117,7 +117,7 @@ def summarize_throughput(runs: list[RunResult]) -> dict[str, dict[str, Any]]:
 def ratios(summary: dict[str, dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     if "c" in summary:
-        for other in ("a", "b", "d", "e"):
+        for other in ("a", "b", "d", "e", "i"):
             if other in summary:
                 out[f"c/{other}"] = summary["c"]["events_per_s"] / summary[other]["events_per_s"]
     return out

@@ -173,10 +173,19 @@ def run_throughput(
             f"repetition {repetition + 1}/{args.repeat}: preloaded {workload.events:,} events "
             f"({rate:,.0f}/s) into {settings.topic_namespace}*"
         )
+        identified_settings = None
         for variant in args.variants:
             say(f"  throughput {variant} ...")
+            where = settings
+            if variant == "i":
+                # Its own namespace, preloaded with the same events, identified.
+                where = identified_settings = stack.settings(f"r{repetition}i")
+                stack.create_topics(where, extra_topics(where))
+                preload(
+                    where, generate(args.events, args.customers, args.seed, identified_share=1.0)
+                )
             run = run_variant(
-                stack, settings, variant, workload.events, repetition, args.batch, args.slow_window
+                stack, where, variant, workload.events, repetition, args.batch, args.slow_window
             )
             say(
                 f"  throughput {variant}: {run.events_per_s:,.0f} events/s "
@@ -186,6 +195,8 @@ def run_throughput(
             )
             runs.append(run)
         delete_namespace(settings)
+        if identified_settings is not None:
+            delete_namespace(identified_settings)
     return runs
 
 

@@ -34,6 +34,9 @@ VARIANTS = {
     "c": "worker",
     "d": "naive Faust",
     "e": "Quix Streams",
+    # The worker on the same events where every one but the home profiles names its
+    # customer by MSISDN only: the cost of identity resolution (one more hop each).
+    "i": "worker, identified events",
 }
 #: Progress poll of the worker's /metrics. A scrape is not free for the worker
 #: (prometheus_client renders every series under the GIL: ~10% of its CPU at
@@ -122,6 +125,7 @@ def run_worker(
     repetition: int,
     log_dir: Path,
     window: float = 0.0,
+    variant: str = "c",
 ) -> RunResult:
     """(c): start the worker on the backlog, time readiness -> N processed (or the window)."""
     with Worker(settings, log_dir / f"worker-r{repetition}.log") as worker:
@@ -136,7 +140,7 @@ def run_worker(
         metrics = worker.metrics()
         rss = peak_rss_mb(worker.pid)
     return RunResult(
-        "c",
+        variant,
         repetition,
         timed,
         done_at - ready_at,
@@ -325,6 +329,8 @@ def run_variant(
 ) -> RunResult:
     """One throughput run; ``window`` > 0 stops it after that many seconds (the slow window)."""
     stack.flush_redis()
-    if variant == "c":
-        return run_worker(stack, settings, events, repetition, stack.scratch("logs"), window)
+    if variant in ("c", "i"):
+        return run_worker(
+            stack, settings, events, repetition, stack.scratch("logs"), window, variant
+        )
     return run_loop_variant(stack, settings, variant, events, repetition, batch, window)

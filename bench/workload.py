@@ -252,8 +252,27 @@ def _record(
     return orjson.dumps(event)
 
 
-def generate(events: int, customers: int, seed: int = 7) -> Workload:
-    """``events`` valid events (the first ``customers`` of them are home profiles)."""
+def bench_msisdn(index: int) -> str:
+    return f"+4470{index:08d}"
+
+
+def identified(value: bytes, index: int) -> tuple[bytes, bytes]:
+    """The event as a channel that knows only the customer's phone sends it: no
+    ``customer_id``, ``identifiers.msisdn``, keyed ``msisdn:<phone>``."""
+    event = orjson.loads(value)
+    del event["customer_id"]
+    event["identifiers"] = {"msisdn": bench_msisdn(index)}
+    return f"msisdn:{bench_msisdn(index)}".encode(), orjson.dumps(event)
+
+
+def generate(
+    events: int, customers: int, seed: int = 7, identified_share: float = 0.0
+) -> Workload:
+    """``events`` valid events (the first ``customers`` of them are home profiles).
+
+    ``identified_share``: the share of the other events sent with only the customer's
+    MSISDN (resolved by the identity step; her home profile links it first).
+    """
     customers = max(1, min(customers, events))
     rng = random.Random(seed)
     names, weights, builders = zip(*((n, w, b) for n, w, b in MIX), strict=True)
@@ -264,6 +283,10 @@ def generate(events: int, customers: int, seed: int = 7) -> Workload:
         value = _record(
             f"ev-{index:09d}", "profile.updated", "telco", customer, rfc3339_now(), payload, rng
         )
+        if identified_share:
+            event = orjson.loads(value)
+            event["identifiers"] = {"msisdn": bench_msisdn(index)}
+            value = orjson.dumps(event)
         workload.messages.append(("telco", customer.encode(), value))
         workload.mix["profile.updated (home)"] += 1
     picks = rng.choices(range(len(names)), weights=weights, k=events - customers)
@@ -274,7 +297,10 @@ def generate(events: int, customers: int, seed: int = 7) -> Workload:
         value = _record(
             f"ev-{offset:09d}", names[pick], channel, customer, rfc3339_now(), payload, rng
         )
-        workload.messages.append((channel, customer.encode(), value))
+        key = customer.encode()
+        if identified_share and rng.random() < identified_share:
+            key, value = identified(value, index)
+        workload.messages.append((channel, key, value))
         workload.mix[names[pick]] += 1
     return workload
 

@@ -108,6 +108,7 @@ class CustomerProcessor:
         )
         last_offset: dict[int, int] = {}
         counted: dict[int, int] = defaultdict(int)
+        identity_records = 0
         for event in events:
             message = event.message
             partition = message.partition
@@ -119,6 +120,7 @@ class CustomerProcessor:
                 by_partition[partition][message.key or b""].append(event)
             else:
                 identifiers[partition][message.key or b""].append((kind.decode(), event))
+                identity_records += 1
             last_offset[partition] = max(message.offset, last_offset.get(partition, -1))
             counted[partition] += 1
         writes: list[ReadModelWrite] = []
@@ -137,7 +139,8 @@ class CustomerProcessor:
                     self.identity.process_key(key, partition, items, now, self._identity_failed)
                 )
         self._seal(last_offset, counted)
-        self.metrics.processed.inc(len(events))
+        # Customer records only: an identified event counts once, when it reaches her.
+        self.metrics.processed.inc(len(events) - identity_records)
         self.writer.submit(writes, ack)
         if self.on_processed is not None:
             for partition, offset in last_offset.items():

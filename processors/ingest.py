@@ -21,14 +21,12 @@ from processors.domain.identity import IDENTIFY, KIND_HEADER, IdentityPolicy, sp
 from processors.metrics import Metrics
 from processors.output import Headers, OutputProducer
 from processors.settings import Settings
-from schemas import EventValidator, Rejection
+from schemas import UNIDENTIFIED, EventValidator, Rejection
 from schemas.identity import identity_key
 from schemas.messages import show
 
 #: Headers of an identified event forwarded to its identifier's record.
 IDENTIFY_HEADERS: Headers = [(KIND_HEADER, IDENTIFY.encode())]
-#: The dead-letter reason of an event that names no customer (deadletter 1-0-2).
-UNIDENTIFIED = "unidentified"
 
 log = logging.getLogger(__name__)
 

@@ -211,7 +211,7 @@ class IdentityOutputs:
     forwards: list[Forward] = field(default_factory=list)
     #: identity.log records.
     log: list[dict[str, Any]] = field(default_factory=list)
-    #: The identifier's read-model key (set or deleted).
+    #: The identifier's read-model key, as the record ends (set or deleted).
     writes: list[ReadModelWrite] = field(default_factory=list)
     changed: bool = False
     #: The record is gone (an erasure): a tombstone, not a write.
@@ -326,10 +326,14 @@ def identity_step(
                 current = IdentityRecord()
         elif message.kind == TICK:
             _expire_parking(key, current, now, out)
-    if out.deleted and current == IdentityRecord():
-        return None, out
-    out.deleted = False  # something came after the erasure: a new record
-    return current, out
+    final = None if out.deleted and current == IdentityRecord() else current
+    if final is not None:
+        out.deleted = False  # something came after the erasure: a new record
+    # The identifier's read-model key as the record now says (whole value, idempotent:
+    # a replay after a crash writes the same).
+    view = None if final is None else identifier_view(key, final)
+    out.writes = [view or ReadModelWrite(identifier_key(*split_key(key)), None)]
+    return final, out
 
 
 def _resolved_event(event: dict[str, Any], customer_id: str) -> dict[str, Any]:
@@ -378,7 +382,6 @@ def _to_anonymous(
     if not record.anonymous:
         record.anonymous = True
         out.changed = True
-        out.writes.append(_identifier_write(key, anonymous_id(key), None, None, anonymous=True))
     out.forwards.append(
         Forward(anonymous_id(key), _resolved_event(event, anonymous_id(key)), produced_at)
     )
@@ -412,6 +415,19 @@ def _identifier_write(
             }
         ),
     )
+
+
+def identifier_view(key: str, record: IdentityRecord) -> ReadModelWrite | None:
+    """What the read model holds for an identifier's record (None: no key): its
+    customer, else its anonymous profile. ``omni redis rebuild`` and the chaos oracle
+    derive the keys from records with it; the step writes the same values as it goes."""
+    if record.customer_id is not None and not record.shared:
+        return _identifier_write(
+            key, record.customer_id, record.source, record.linked_at, anonymous=False
+        )
+    if record.anonymous:
+        return _identifier_write(key, anonymous_id(key), None, None, anonymous=True)
+    return None
 
 
 def _note_device(
@@ -464,7 +480,6 @@ def _link(
         if not was_shared and record.customer_id is not None:
             # It just became shared: nobody owns it any more.
             record.customer_id = record.source = record.linked_at = None
-            out.writes.append(ReadModelWrite(identifier_key(*split_key(key)), None))
         refuse(SHARED_DEVICE)
         return
     if record.customer_id == customer_id:
@@ -474,7 +489,6 @@ def _link(
         return
     record.customer_id, record.source, record.linked_at = customer_id, source, at
     out.log.append(log_record(LINKED, customer_id, key, event_id, at))
-    out.writes.append(_identifier_write(key, customer_id, source, at, anonymous=False))
     parked, record.parked, record.parked_bytes, record.park_until = record.parked, [], 0, None
     for produced_at, event in parked:
         out.forwards.append(Forward(customer_id, _resolved_event(event, customer_id), produced_at))
@@ -505,7 +519,6 @@ def _unlink(
     record.customer_id = record.source = record.linked_at = None
     out.changed = True
     out.log.append(log_record(UNLINKED, customer_id, key, command["event_id"], command["at"]))
-    out.writes.append(ReadModelWrite(identifier_key(*split_key(key)), None))
     if erase:
         # Her parked events (none, while linked) and the devices' customer counts go too.
         out.deleted = True

@@ -3,7 +3,8 @@
 The changelog topics hold every customer's newest record (state and timeline,
 :mod:`processors.domain.record_codec`; a legacy record's timeline is on the
 ``timelines`` changelog) and every
-partition's offer counters (they are compacted), so the read model, ``omni:stats:*``
+partition's offer counters and every identifier's record (they are compacted), so
+the read model, ``omni:stats:*``
 included, can always be derived again from them, without the worker. Records
 of checkpoints whose input was never committed are skipped, by the rule the
 worker's recovery applies (:func:`processors.checkpoint.record_is_committed`).
@@ -18,6 +19,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from processors.checkpoint import CommittedOffsets, header_value, record_is_committed
+from processors.domain.identity import IdentityRecord, identifier_view
 from processors.domain.model import CustomerState
 from processors.domain.read_model import ReadModelWrite, project, stats_write, timeline_write
 from processors.domain.record_codec import decode_record
@@ -39,6 +41,9 @@ def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, 
         settings, changelog_topic(settings, "timelines"), timeout, required=False
     )
     stats = read_changelog(settings, changelog_topic(settings, "stats"), timeout, required=False)
+    identities = read_changelog(
+        settings, changelog_topic(settings, "identities"), timeout, required=False
+    )
     client = settings.redis_client()
     now = time.time()
     keys = customers = 0
@@ -71,6 +76,13 @@ def rebuild_read_model(settings: Settings, timeout: float = 10.0) -> tuple[int, 
             if totals is not None
         ]
     )
+    # Identifier links: omni:identifier:<type>:<value> as each identifier's record says.
+    for (_, key), value in identities.items():
+        if value is None:
+            continue
+        view = identifier_view(key.decode(), IdentityRecord.from_json(value))
+        if view is not None:
+            queue([view])
     pipe.execute()
     return customers, keys
 

@@ -179,12 +179,30 @@ def _ctx() -> Any:
 
 
 def _forwarded(workload: Any) -> list[oc.Forwarded]:
-    """The valid records (and duplicates) in produce order, as if one partition held them."""
-    return [
-        oc.Forwarded(0, r.index, r.key, r.value or b"")
-        for r in workload.records
-        if r.kind in (VALID, DUPLICATE)
-    ]
+    """The valid records (and duplicates) in produce order, as if one partition held them;
+    identified events as the identity step forwards them (customer id set, her key)."""
+    out = []
+    for r in workload.records:
+        if r.kind not in (VALID, DUPLICATE):
+            continue
+        value = r.value or b""
+        event = orjson.loads(value)
+        if "customer_id" not in event:
+            value = orjson.dumps({**event, "customer_id": r.customer})
+        out.append(oc.Forwarded(0, r.index, r.customer.encode(), value))
+    return out
+
+
+def test_some_telco_events_name_the_customer_by_msisdn_only() -> None:
+    workload = generate(600, 40, 2, START, 100.0)
+    identified = [r for r in workload.valid if r.key and r.key.startswith(b"msisdn:")]
+    assert identified and all(r.channel == "telco" for r in identified)
+    for record in identified:
+        event = orjson.loads(record.value or b"")
+        assert "customer_id" not in event
+        assert record.key == f"msisdn:{event['identifiers']['msisdn']}".encode()
+    homes = [orjson.loads(r.value or b"") for r in workload.valid[:40]]
+    assert all(h["type"] == "profile.updated" and h["identifiers"]["msisdn"] for h in homes)
 
 
 def test_customer_order_keeps_the_first_copy_and_names_the_rest() -> None:
@@ -197,7 +215,11 @@ def test_customer_order_keeps_the_first_copy_and_names_the_rest() -> None:
     )
     assert sum(len(v) for v in order.values()) == 600
     assert other == Counter({"copies": workload.kinds[DUPLICATE], "foreign": 1})
-    ranks = {r.event_id: (r.channel, r.index) for r in workload.records if r.kind == VALID}
+    ranks = {
+        r.event_id: (f"{r.channel}|{r.key!r}", r.index)
+        for r in workload.records
+        if r.kind == VALID
+    }
     assert oc.ingest_order_violations(order, ranks) == []
     swapped = {c: list(reversed(v)) for c, v in order.items()}
     assert oc.ingest_order_violations(swapped, ranks)

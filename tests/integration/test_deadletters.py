@@ -48,6 +48,12 @@ def test_every_reason_is_deadlettered_and_a_good_event_after_them_is_processed(
             key,
             orjson.dumps({**good, "occurred_at": "1900-01-01T00:00:00Z"}),
         ),
+        # Issue 14: neither customer_id nor identifiers.
+        "unidentified": (
+            web,
+            key,
+            orjson.dumps({name: value for name, value in good.items() if name != "customer_id"}),
+        ),
     }
     producer = Producer(
         {

@@ -149,7 +149,10 @@ EVENT_TYPES: dict[str, EventType] = {
     "kiosk.checked_in": EventType("kiosk_checked_in", ("kiosk",)),
     "diagnosis.ready": EventType("diagnosis_ready", ("crm",)),
     # Forgetting a customer (README "Erasure and retention"): the CRM asks, nobody else.
-    "privacy.erasure_requested": EventType("privacy_erasure_requested", ("crm",)),
+    # By customer id only: an erasure must name whom it forgets, not resolve a guess.
+    "privacy.erasure_requested": EventType(
+        "privacy_erasure_requested", ("crm",), customer_id_required=True
+    ),
     # Identity stitching (README "Identifiers"): the CRM links the envelope's identifiers
     # to its customer_id (merge_from: and merges that customer in), or unlinks them.
     "identity.linked": EventType("identity_linked", ("crm",), customer_id_required=True),

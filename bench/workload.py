@@ -275,6 +275,8 @@ def generate(
     """
     customers = max(1, min(customers, events))
     rng = random.Random(seed)
+    # Its own generator: the identified run holds the same events as the plain one.
+    identify = random.Random(seed + 1)
     names, weights, builders = zip(*((n, w, b) for n, w, b in MIX), strict=True)
     workload = Workload([], customers)
     for index in range(customers):
@@ -298,7 +300,7 @@ def generate(
             f"ev-{offset:09d}", names[pick], channel, customer, rfc3339_now(), payload, rng
         )
         key = customer.encode()
-        if identified_share and rng.random() < identified_share:
+        if identified_share and identify.random() < identified_share:
             key, value = identified(value, index)
         workload.messages.append((channel, key, value))
         workload.mix[names[pick]] += 1

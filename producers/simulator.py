@@ -1,4 +1,5 @@
-"""Channel simulators for the demo: stories S1 and S5, plus background traffic.
+"""Channel simulators for the demo: the stories (S1, S5, one customer across identifiers,
+S2...), plus background traffic.
 
 Story customers have readable ids (``alice-s1-<run>``, ``maria-s5-<run>``); background
 customers are ``bg-<n>``. One simulated backend has a bug now and then, so the
@@ -12,6 +13,7 @@ import random
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +23,7 @@ from confluent_kafka import Producer
 
 from producers.config import ProducerTarget
 from producers.sdk import PRODUCER_CONFIG, TouchpointProducer
+from schemas import identity_key
 
 #: Story customers get this run's tag, so a second demo against the same stack plays the
 #: stories afresh instead of hitting the first run's cooldowns and dedup.
@@ -355,9 +358,47 @@ def story_s13(customer: str = story_customer("pat-s13")) -> Iterator[tuple[str, 
     )
 
 
+def story_identity(
+    customer: str = story_customer("nora-id"),
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One customer across identifiers: the telco knows her phone, the web her laptop."""
+    suffix = str(zlib.crc32(customer.encode()) % 10**6).zfill(6)
+    phone, laptop = f"+4477009{suffix}", f"laptop-{customer}"
+
+    def identified(channel: str, type_: str, payload: dict[str, Any], **ids: str) -> dict[str, Any]:
+        event = make_event(customer, channel, type_, payload, identifiers=ids)
+        del event["customer_id"]  # the channel does not know who she is
+        return event
+
+    yield (
+        "the bank's profile names her phone number",
+        make_event(
+            customer, "crm", "profile.updated", {"home_country": "GB"},
+            identifiers={"msisdn": phone},
+        ),
+    )  # fmt: skip
+    lines = [{"sku": "BOOTS-38", "qty": 1, "unit_price": 89.0}]
+    yield (
+        "an anonymous visitor fills a cart on a laptop",
+        identified("web", "cart.updated", {"cart_id": "CART-N", "items": lines,
+                                           "currency": "GBP"}, device_id=laptop),
+    )  # fmt: skip
+    yield (
+        "the network sees only her phone, in Portugal: roaming offer",
+        identified("telco", "telco.network_attached", {"country": "PT", "network": "PT-MOBILE"},
+                   msisdn=phone),
+    )  # fmt: skip
+    yield (
+        "she logs in on the laptop: the cart is hers",
+        make_event(customer, "web", "page.viewed", {"url": "/account"},
+                   identifiers={"device_id": laptop}),
+    )  # fmt: skip
+
+
 STORIES = (
     story_s1,
     story_s5,
+    story_identity,
     story_s2,
     story_s3,
     story_s4,
@@ -460,7 +501,8 @@ def run_simulation(
                     return
                 producer.publish(event)
                 producer.flush()
-                printer(f"{event['customer_id']}: {caption}")
+                who = event.get("customer_id") or identity_key(event["identifiers"])
+                printer(f"{who}: {caption}")
                 time.sleep(story_pause)
         raw = Producer({**settings.kafka_client_config(), **PRODUCER_CONFIG})
         for topic, key, value in buggy_backend_messages(settings):

@@ -336,8 +336,16 @@ def identity_step(
     return final, out
 
 
-def _resolved_event(event: dict[str, Any], customer_id: str) -> dict[str, Any]:
-    return {**event, "customer_id": customer_id}
+def _resolved_event(key: str, event: dict[str, Any], customer_id: str) -> dict[str, Any]:
+    """The event as its customer's: her id, and only the identifier it was resolved by.
+
+    The other identifiers are dropped on purpose: a link is learned only from an event
+    whose channel named the customer itself. Otherwise anyone who knows her phone
+    number could send ``{msisdn: hers, device_id: theirs}`` and link their device to
+    her (and later merge their browsing into her profile).
+    """
+    identifier_type, value = split_key(key)
+    return {**event, "customer_id": customer_id, "identifiers": {identifier_type: value}}
 
 
 def _identify(
@@ -353,7 +361,9 @@ def _identify(
     if record.customer_id is not None and not record.shared:
         out.forwards.append(
             Forward(
-                record.customer_id, _resolved_event(event, record.customer_id), message.produced_at
+                record.customer_id,
+                _resolved_event(key, event, record.customer_id),
+                message.produced_at,
             )
         )
         out.resolved += 1
@@ -383,7 +393,7 @@ def _to_anonymous(
         record.anonymous = True
         out.changed = True
     out.forwards.append(
-        Forward(anonymous_id(key), _resolved_event(event, anonymous_id(key)), produced_at)
+        Forward(anonymous_id(key), _resolved_event(key, event, anonymous_id(key)), produced_at)
     )
     out.to_anonymous += 1
 
@@ -491,7 +501,9 @@ def _link(
     out.log.append(log_record(LINKED, customer_id, key, event_id, at))
     parked, record.parked, record.parked_bytes, record.park_until = record.parked, [], 0, None
     for produced_at, event in parked:
-        out.forwards.append(Forward(customer_id, _resolved_event(event, customer_id), produced_at))
+        out.forwards.append(
+            Forward(customer_id, _resolved_event(key, event, customer_id), produced_at)
+        )
         out.resolved += 1
     if record.anonymous:
         record.anonymous = False

@@ -270,3 +270,15 @@ def test_a_device_is_shared_only_within_the_window(tmp_path: Path) -> None:
         loop.publish(record)
     device = loop.identity("device_id:tablet-1")
     assert device is not None and not device.shared and device.customer_id == "k1"
+
+
+def test_a_resolved_event_links_nothing_else_to_her(tmp_path: Path) -> None:
+    # Knowing her phone number must not let anyone link their device to her.
+    loop = Loop(tmp_path)
+    loop.publish(login("kate", msisdn="+447700900777"))
+    attack = identified("telco", "telco.network_attached", {"country": "FR"},
+                        msisdn="+447700900777", device_id="attacker-laptop")  # fmt: skip
+    loop.publish(attack)
+    assert loop.state("kate")["last_country"] == "FR"  # resolved to her...
+    assert loop.state("kate")["identifiers"] == {"msisdn": ["+447700900777"]}  # ...linking nothing
+    assert loop.identity("device_id:attacker-laptop") is None

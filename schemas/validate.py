@@ -494,11 +494,15 @@ class EventValidator:
             )
         spec = EVENT_TYPES.get(event_type) if type(event_type) is str else None
         if identified and not unnamed and spec is not None and spec.customer_id_required:
+            whom = (
+                "the customer to forget"
+                if event_type == "privacy.erasure_requested"
+                else "the customer the identifiers are linked to or unlinked from"
+            )
             other.append(
                 f"customer_id: required field is missing — {event_type} events name their "
-                "customer by customer_id (the customer the identifiers are linked to or "
-                "unlinked from), identifiers alone are not enough: set customer_id and key the "
-                "message by it"
+                f"customer by customer_id ({whom}), identifiers alone are not enough: set "
+                "customer_id and key the message by it"
             )
         errors = type_errors + other
         if not errors:  # the engines disagree (a bug); still reject, with fastjsonschema's word

@@ -756,6 +756,20 @@ def test_identity_events_need_a_customer_id(validator: EventValidator, event_typ
     assert [e.split(":")[0] for e in result.errors] == ["customer_id", "payload.x"]
 
 
+def test_an_erasure_request_needs_a_customer_id(validator: EventValidator) -> None:
+    # An erasure names whom it forgets: never a guess resolved from a phone number.
+    doc = identified(type="privacy.erasure_requested", channel="crm", payload={"request_id": "R1"})
+    result = rejected(check(validator, doc, "crm", b"msisdn:+447700900123"))
+    assert result == Rejection(
+        "schema_violation",
+        (
+            "customer_id: required field is missing — privacy.erasure_requested events name "
+            "their customer by customer_id (the customer to forget), identifiers alone are not "
+            "enough: set customer_id and key the message by it",
+        ),
+    )
+
+
 # --- unidentified: neither customer_id nor identifiers ---------------------------------
 
 UNIDENTIFIED_MESSAGE = (

@@ -14,6 +14,7 @@ NOPERM error names the key, so the id.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import traceback
@@ -52,6 +53,11 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 #: The application's Redis client (redis.asyncio.Redis, or a stand-in in unit tests).
 REDIS_KEY: web.AppKey[Any] = web.AppKey("redis", object)
 _AUTH_KEY: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
+
+#: Redis connections of one API process (one event loop: a few keep Redis busy; more only
+#: cost Redis memory), and how long a request waits for a free one before its 503.
+REDIS_CONNECTIONS = 16
+REDIS_WAIT_SECONDS = 2.0
 
 #: Route name -> the scope a caller needs; a route not listed is public (health, the doc).
 ROUTE_SCOPES: dict[str, str] = {"customer": CUSTOMERS_READ, "identifier": IDENTIFIERS_READ}
@@ -227,11 +233,18 @@ def create_api(settings: Settings, redis: Any = None) -> web.Application:
     else:
 
         async def redis_client(app: web.Application) -> AsyncIterator[None]:
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
 
-            client = Redis.from_url(
-                settings.redis_url.get_secret_value(), **settings.redis_client_options()
+            # A bounded pool that waits for a free connection: a burst queues here for
+            # a moment instead of opening a connection per request in flight (redis-py's
+            # default pool refuses past its limit: MaxConnectionsError, a 503).
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url.get_secret_value(),
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_WAIT_SECONDS,
+                **settings.redis_client_options(),
             )
+            client = Redis.from_pool(pool)  # closes the pool with the client
             app[REDIS_KEY] = client
             yield
             await client.aclose()
@@ -247,6 +260,15 @@ def run_api(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = create_api(settings)
+
+    async def freeze_startup_objects(app: web.Application) -> None:
+        # Everything loaded so far (settings, the rule engine's grammar, aiohttp) lives as
+        # long as the process: out of the collector's sight, a full collection no longer
+        # walks it, so its pauses stay short (they delay every request in flight).
+        gc.collect()
+        gc.freeze()
+
+    app.on_startup.append(freeze_startup_objects)
     log.info("Customer 360 API on http://%s:%d", settings.api_host, settings.api_port)
     web.run_app(
         app,

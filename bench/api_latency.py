@@ -175,6 +175,9 @@ async def _drive(
     headers = {"Authorization": f"Bearer {token}"}
     # (kind, due offset, latency seconds, status) per request; -1 = exception.
     results: list[tuple[str, float, float, int]] = []
+    # How late each request left the generator (its loop's timer granularity, ~1 ms,
+    # and its own CPU): part of every latency above, not the API's doing.
+    lateness: list[float] = []
     # A bounded set of keep-alive connections, as a fleet of callers has; a request due
     # while all are busy waits for one, and that wait counts (latency from the due time).
     connector = aiohttp.TCPConnector(limit=64, force_close=False)
@@ -191,6 +194,7 @@ async def _drive(
         tasks = []
 
         async def one(kind: str, path: str, due: float) -> None:
+            lateness.append(loop.time() - due)
             try:
                 async with session.get(path, headers=headers) as response:
                     await response.read()
@@ -213,6 +217,7 @@ async def _drive(
         "started": start,
         "ended": ended,
         "generator_lag_s": generator_lag,
+        "lateness": figures(lateness[int(warmup * rate) :]),
     }
 
 
@@ -417,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "customers_route": figures([r[2] for r in measured if r[0] == "customers"]),
         "identifiers_route": figures([r[2] for r in measured if r[0] == "identifiers"]),
         "generator_lag_ms": done["generator_lag_s"] * 1000,
+        "generator_send_lateness": done["lateness"],
         # Inside the API (middleware to response, from its access log; warmup included).
         "server_ms": {
             "p50": percentile(sorted(server_ms), 0.5),
@@ -443,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         f"/identifiers p99 {report['identifiers_route']['p99_ms']:.2f} ms\n"
         f"inside the API (access log): p50 {report['server_ms']['p50']:.2f} ms, "
         f"p99 {report['server_ms']['p99']:.2f} ms\n"
+        f"generator send lateness (included above): "
+        f"p50 {report['generator_send_lateness']['p50_ms']:.2f} ms, "
+        f"p99 {report['generator_send_lateness']['p99_ms']:.2f} ms\n"
         f"CPU (cores): api {report['cpu_share']['api']:.2f}, "
         f"redis {report['cpu_share']['redis']:.2f}, "
         f"load generator {report['cpu_share']['load_generator']:.2f}; "

@@ -72,7 +72,10 @@ CHANNEL_USER = RedisUser("channel", "omni-channel", f"%R~omni:* {_CONNECT} {_REA
 TILL_USER = RedisUser(
     "till", "omni-till", f"%R~omni:* ~omni:coupon:*:claim {_CONNECT} {_READ} +set"
 )
-REDIS_USERS: tuple[RedisUser, ...] = (WORKER_USER, CHANNEL_USER, TILL_USER)
+#: The Customer 360 API (``omni api``, processors/api/): GET and MGET of ``omni:*`` keys and
+#: PING (/readyz), nothing else; read-only keys like a channel's.
+API_USER = RedisUser("api", "omni-api", f"%R~omni:* {_CONNECT} +get +mget")
+REDIS_USERS: tuple[RedisUser, ...] = (WORKER_USER, CHANNEL_USER, TILL_USER, API_USER)
 
 
 def acl_file_text(passwords: dict[str, str]) -> str:

@@ -370,6 +370,20 @@ class Settings(BaseSettings):
         "trimmed (counted) to fit",
     )
 
+    # --- Customer 360 API (omni api, processors/api/) ---------------------------------
+    api_host: str = Field("0.0.0.0", description="Address the Customer 360 API listens on")
+    api_port: int = Field(
+        8081, ge=1, le=65535, description="Port of the Customer 360 API (omni api)"
+    )
+    # The hashes of the callers' tokens, not the tokens; still masked when printed. Parsed
+    # by processors.api.auth.parse_api_tokens when the API starts (a malformed value must
+    # not stop the worker): unset or empty, `omni api` refuses to start.
+    api_tokens: SecretStr | None = Field(
+        None,
+        description='Callers of the API as JSON: {"<caller>": {"sha256": "<hex SHA-256 of its '
+        'token>", "scopes": ["customers:read", "identifiers:read"]}}; required by omni api',
+    )
+
     @field_validator("identity_limits")
     @classmethod
     def _identity_limits_name_types(cls, value: dict[str, int]) -> dict[str, int]:

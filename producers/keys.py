@@ -66,6 +66,18 @@ def timeline_key(customer_id: str) -> str:
     return _key("timeline", customer_id)
 
 
+def offers_key(customer_id: str) -> str:
+    """``omni:offers:<customer_id>``: the customer's open marketing offers, trigger_id ->
+    ``{offer_type, rule, channel, expires_at}`` (JSON; ``{}`` when she has none)."""
+    return _key("offers", customer_id)
+
+
+def coupons_key(customer_id: str) -> str:
+    """``omni:coupons:<customer_id>``: the records of the customer's coupons, as in each
+    ``omni:coupon:<coupon_id>`` (JSON list, issue order; ``[]`` when she has none)."""
+    return _key("coupons", customer_id)
+
+
 def coupon_key(coupon_id: str) -> str:
     """``omni:coupon:<coupon_id>``: the coupon's record (JSON)."""
     return _key("coupon", coupon_id)

@@ -24,7 +24,9 @@ from processors.domain.read_model import (
     ReadModelWrite,
     cart_key,
     coupon_key,
+    coupons_key,
     entitlement_key,
+    offers_key,
     profile_key,
     timeline_key,
 )
@@ -45,7 +47,13 @@ ENTITLEMENT_KINDS: tuple[str, ...] = ("overdraft",)
 def forgotten_keys(state: CustomerState) -> list[ReadModelWrite]:
     """Every read-model key of this customer, each as a delete."""
     customer_id = state.customer_id
-    keys = [profile_key(customer_id), timeline_key(customer_id), cart_key(customer_id)]
+    keys = [
+        profile_key(customer_id),
+        timeline_key(customer_id),
+        cart_key(customer_id),
+        offers_key(customer_id),
+        coupons_key(customer_id),
+    ]
     kinds = sorted(set(ENTITLEMENT_KINDS) | set(state.entitlements))
     keys.extend(entitlement_key(customer_id, kind) for kind in kinds)
     for coupon_id in sorted(state.coupons):

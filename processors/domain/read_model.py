@@ -18,7 +18,9 @@ from processors.domain.model import CustomerState, format_time
 from producers.keys import (
     cart_key,
     coupon_key,
+    coupons_key,
     entitlement_key,
+    offers_key,
     profile_key,
     stats_key,
     timeline_key,
@@ -30,7 +32,10 @@ __all__ = [
     "ReadModelWrite",
     "cart_key",
     "coupon_key",
+    "coupons_key",
     "entitlement_key",
+    "offers_key",
+    "open_offers",
     "profile_key",
     "project",
     "stats_key",
@@ -109,6 +114,10 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
         writes.append(ReadModelWrite(cart_key(state.customer_id), value))
     elif state.cart_closed_at is not None and now - state.cart_closed_at < CART_DELETE_SECONDS:
         writes.append(ReadModelWrite(cart_key(state.customer_id), None))
+    writes.append(
+        ReadModelWrite(offers_key(state.customer_id), orjson.dumps(open_offers(state, now)))
+    )
+    records: list[dict[str, object]] = []
     for coupon_id, coupon in state.coupons.items():
         keep_until = coupon["expires_at"] + COUPON_KEEP_SECONDS
         if keep_until <= now:
@@ -128,6 +137,7 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
             else format_time(coupon["redeemed_at"]),
             "redeemed_channel": coupon["redeemed_channel"],
         }
+        records.append(record)
         writes.append(
             ReadModelWrite(
                 coupon_key(coupon_id),
@@ -135,7 +145,34 @@ def project(state: CustomerState, now: float) -> list[ReadModelWrite]:
                 expire_at=keep_until,
             )
         )
+    # Written even when empty, like the offers: a whole value that replaces the last one,
+    # so a coupon past its keep period (or an erased one) leaves the list on the next
+    # projection, and a replay or a rebuild converges to the same value.
+    writes.append(ReadModelWrite(coupons_key(state.customer_id), orjson.dumps(records)))
     return writes
+
+
+def open_offers(state: CustomerState, now: float) -> dict[str, dict[str, object]]:
+    """``omni:offers:<id>``: the marketing offers she was sent and has not answered, still
+    open at ``now``: trigger_id -> ``{offer_type, rule, channel, expires_at}`` (RFC 3339, or
+    None for an offer without an expiry).
+
+    Held-out offers (``control``: the control group's, never sent) are not hers to see, and
+    an offer past its ``expires_at`` is closed (it is answered "ignored"); the value and any
+    other field the record keeps stay out.
+    """
+    shown: dict[str, dict[str, object]] = {}
+    for trigger_id, offer in state.offers.items():
+        expires_at = offer.get("expires_at")
+        if offer.get("control") or (expires_at is not None and expires_at <= now):
+            continue
+        shown[trigger_id] = {
+            "offer_type": offer.get("offer_type"),
+            "rule": offer.get("rule"),
+            "channel": offer.get("channel"),
+            "expires_at": None if expires_at is None else format_time(expires_at),
+        }
+    return shown
 
 
 def timeline_write(

@@ -1,5 +1,5 @@
-"""``omni``: publish events, read dead letters, rebuild the Redis read model, erase, and
-check the whole pipeline (``omni doctor``)."""
+"""``omni``: publish events, read dead letters, rebuild the Redis read model, erase,
+check the whole pipeline (``omni doctor``) and serve the Customer 360 API (``omni api``)."""
 
 from __future__ import annotations
 
@@ -180,6 +180,27 @@ def redis_rebuild() -> None:
 
     customers, keys = rebuild_read_model(Settings())
     console.print(f"rebuilt {keys} keys for {customers} customers")
+
+
+@app.command()
+def api() -> None:
+    """Serve the read-only Customer 360 HTTP API over the Redis read model.
+
+    Listens on OMNI_API_HOST:OMNI_API_PORT (0.0.0.0:8081); callers from OMNI_API_TOKENS
+    (README "Customer 360 API"). Without callers it refuses to start (exit 2).
+    """
+    from processors.api import ApiTokensError, run_api
+    from processors.api.auth import parse_api_tokens
+
+    settings = Settings()
+    secret = settings.api_tokens
+    try:
+        parse_api_tokens(None if secret is None else secret.get_secret_value())
+    except ApiTokensError as refused:
+        # Not wrapped (rich would cut the JSON to set): one line to copy.
+        typer.echo(f"omni api: refusing to start: {refused}", err=True)
+        raise typer.Exit(2) from None
+    run_api(settings)
 
 
 @app.command()

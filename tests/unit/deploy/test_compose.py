@@ -626,3 +626,37 @@ def test_env_files_with_secrets_stay_out_of_git_and_the_image() -> None:
     for ignore in (ROOT / ".gitignore", DOCKERIGNORE):
         entries = {line.strip() for line in ignore.read_text().splitlines()}
         assert ".env" in entries, f"{ignore.name} must list .env (the operator's secrets)"
+
+
+# --- the Customer 360 API ------------------------------------------------------------
+
+
+def test_the_api_runs_omni_api_from_the_worker_image_on_its_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    api = services["api"]
+    assert api["image"] == services["worker"]["image"] and api.get("build") in (
+        ".",
+        {"context": "."},
+    )
+    assert (api["entrypoint"], api["command"]) == (["omni"], ["api"])
+    env = env_of(api)
+    for key in env:
+        assert key.startswith("OMNI_") and key[5:].lower() in Settings.model_fields, key
+    port = int(env["OMNI_API_PORT"])
+    assert port == DEFAULTS["api_port"] and published(api) == {port: port}
+    assert port not in {DEFAULTS["web_port"], DEFAULTS["metrics_port"]}
+    assert env["OMNI_API_HOST"] == "0.0.0.0"
+    assert env["OMNI_REDIS_URL"] == env_of(services["worker"])["OMNI_REDIS_URL"]
+    assert f"http://127.0.0.1:{port}/livez" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"] == {"redis": {"condition": "service_healthy"}}
+
+
+def test_compose_refuses_to_start_the_api_without_callers(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    value = env_of(services["api"])["OMNI_API_TOKENS"]
+    with pytest.raises(MissingVariable, match="OMNI_API_TOKENS") as missing:
+        interpolate(value, {})
+    assert "SHA-256" in str(missing.value)
+    assert interpolate(value, {"OMNI_API_TOKENS": "{}"}) == "{}"

@@ -276,3 +276,31 @@ def test_topics_job_runs_the_same_image(
     assert not worker["image"].startswith("omni-pipeline/worker")  # the overlay sets it
     assert spec["restartPolicy"] in {"OnFailure", "Never"}
     assert container["envFrom"] == worker["envFrom"]  # same bootstrap, partitions, namespace
+
+
+def test_the_api_is_a_deployment_of_omni_api_behind_a_service(
+    objects: list[dict[str, Any]], worker: dict[str, Any]
+) -> None:
+    deployment = named(objects, "Deployment", "omni-api")
+    spec = deployment["spec"]["template"]["spec"]
+    [api] = spec["containers"]
+    assert (api["command"], api["args"]) == (["omni"], ["api"])
+    assert api["image"] == worker["image"]  # the overlay's image, as the worker's
+    env = env_of(api)
+    api_port = int(env["OMNI_API_PORT"]["value"])
+    assert api_port == DEFAULTS["api_port"] and env["OMNI_API_HOST"]["value"] == "0.0.0.0"
+    for probe, path in {"livenessProbe": "/livez", "readinessProbe": "/readyz"}.items():
+        get = api[probe]["httpGet"]
+        assert (get["path"], port(api, get["port"])) == (path, api_port), probe
+    # Secrets from Secrets (test_secrets_are_referenced_never_inlined checks the refs);
+    # no Kafka settings: a broker's SASL protocol without credentials would not load.
+    assert {"OMNI_API_TOKENS", "OMNI_REDIS_URL"} <= env.keys()
+    assert "envFrom" not in api
+    for name in env:
+        assert name.startswith("OMNI_") and name[5:].lower() in Settings.model_fields, name
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    service = named(objects, "Service", "omni-api")
+    assert service["spec"]["selector"].items() <= labels.items()
+    [service_port] = service["spec"]["ports"]
+    assert port(api, service_port["targetPort"]) == api_port

@@ -16,7 +16,12 @@ def test_the_acl_file_turns_the_default_user_off_and_holds_no_password() -> None
     text = acl_file_text(passwords)
     lines = text.splitlines()
     assert lines[0].startswith("user default off ")
-    assert [line.split()[1] for line in lines[1:]] == ["omni-worker", "omni-channel", "omni-till"]
+    assert [line.split()[1] for line in lines[1:]] == [
+        "omni-worker",
+        "omni-channel",
+        "omni-till",
+        "omni-api",
+    ]
     assert "secret" not in text
     for line in lines[1:]:
         # Every user starts from nothing, so its rules are all it may do.
@@ -36,7 +41,7 @@ def test_access_files_are_private_and_round_trip(tmp_path: Path) -> None:
     for private in (env_file, tmp_path / "access.json"):
         assert private.stat().st_mode & 0o077 == 0
     assert RedisAccess.load(tmp_path / "elsewhere") is None
-    with pytest.raises(DevstackError, match="use one of worker, channel, till"):
+    with pytest.raises(DevstackError, match="use one of worker, channel, till, api"):
         access.url_for("admin")
 
 

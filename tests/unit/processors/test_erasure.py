@@ -96,6 +96,8 @@ def test_an_erasure_forgets_everything_and_lists_every_key_she_had() -> None:
         f"omni:profile:{CID}",
         f"omni:timeline:{CID}",
         f"omni:cart:{CID}",
+        f"omni:offers:{CID}",
+        f"omni:coupons:{CID}",
         f"omni:entitlement:{CID}:overdraft",
         "omni:coupon:CPN-9",
         "omni:coupon:CPN-9:claim",

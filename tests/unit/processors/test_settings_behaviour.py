@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 import processors.output as output_module
 import tests.unit.processors.test_agents as agent_tests
+import tests.unit.processors.test_api as api_tests
 import tests.unit.processors.test_erasure as erasure_tests
 import tests.unit.processors.test_identity as identity_tests
 import tests.unit.processors.test_ingest as ingest_tests
@@ -883,6 +884,7 @@ BEHAVIOUR_TESTS: dict[str, Callable[..., Any]] = {
         ingest_tests.test_max_future_skew_seconds_decides_which_future_events_are_refused
     ),
     "max_state_bytes": test_max_state_bytes_is_the_size_a_record_is_trimmed_to,
+    "api_tokens": api_tests.test_api_tokens_are_who_may_call_the_api,
 }
 
 #: Fields that say where things are or what they are called, or only matter on a broker.
@@ -893,6 +895,8 @@ EXEMPT: dict[str, str] = {
     "web_bind": "address the health and metrics endpoints listen on",
     "web_port": "port of /livez and /readyz",
     "metrics_port": "port of the Prometheus endpoint",
+    "api_host": "address the Customer 360 API (omni api) listens on",
+    "api_port": "port of the Customer 360 API (omni api)",
     "data_dir": "path of the RocksDB state (also an input of the derived group member id)",
     # Names.
     "app_id": "name: Faust app id, consumer group id and changelog topic prefix",

@@ -10,7 +10,13 @@ import pytest
 from processors.domain.contact import ContactPolicy
 from processors.domain.model import EMITTED, SUPPRESSED, CustomerState, Event, parse_time
 from processors.domain.policy import DAY, Policy
-from processors.domain.read_model import entitlement_key, profile_key, project
+from processors.domain.read_model import (
+    coupons_key,
+    entitlement_key,
+    offers_key,
+    profile_key,
+    project,
+)
 from processors.domain.step import StepContext, step
 from processors.rulebook import load_ruleset
 from processors.settings import DEFAULT_RULES_DIR, Settings
@@ -263,7 +269,12 @@ class TestProfileAndReadModel:
     def test_projection_writes_profile_and_entitlement_with_expiry(self) -> None:
         state, _ = step(None, [profile(home_country="DE"), overdraft(valid_hours=1)], CTX, NOW)
         writes = {w.key: w for w in project(state, NOW)}
-        assert set(writes) == {profile_key("c1"), entitlement_key("c1", "overdraft")}
+        assert set(writes) == {
+            profile_key("c1"),
+            entitlement_key("c1", "overdraft"),
+            offers_key("c1"),
+            coupons_key("c1"),
+        }
         assert writes[entitlement_key("c1", "overdraft")].expire_at == pytest.approx(
             NOW - 10 + 3600
         )
@@ -275,7 +286,11 @@ class TestProfileAndReadModel:
         later = NOW + 2 * 3600
         state, _ = step(state, [profile(language="en")], CTX, later)
         assert state.entitlements == {}
-        assert [w.key for w in project(state, later)] == [profile_key("c1")]
+        assert [w.key for w in project(state, later)] == [
+            profile_key("c1"),
+            offers_key("c1"),
+            coupons_key("c1"),
+        ]
 
 
 def test_state_round_trips_through_json() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
+from unittest.mock import ANY
 
 import orjson
 from hypothesis import HealthCheck, example, given, settings
@@ -234,7 +235,11 @@ def test_a_past_expiry_is_skipped_and_a_pxat_before_1970_becomes_a_delete() -> N
         "redeemed_at": None,
         "redeemed_channel": None,
     }
-    assert [w.key for w in project(state, NOW)] == ["omni:profile:c1"]
+    assert [(w.key, w.value) for w in project(state, NOW)] == [
+        ("omni:profile:c1", ANY),
+        ("omni:offers:c1", b"{}"),
+        ("omni:coupons:c1", b"[]"),  # nor is it in her list
+    ]
     pipe = _Pipe()
     commands = queue_writes(
         pipe,

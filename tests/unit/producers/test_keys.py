@@ -14,8 +14,10 @@ from producers.keys import (
     cart_key,
     coupon_claim_key,
     coupon_key,
+    coupons_key,
     entitlement_key,
     key_segment,
+    offers_key,
     profile_key,
     segment_value,
     stats_key,
@@ -32,6 +34,8 @@ KEY_KINDS: dict[str, Callable[[str], str]] = {
     "coupon": coupon_key,
     "coupon claim": coupon_claim_key,
     "stats": stats_key,
+    "offers": offers_key,
+    "coupons": coupons_key,
 }
 
 # Ids from the whole of Unicode, biased towards the characters that matter here.
@@ -50,6 +54,10 @@ def test_ids_without_special_characters_keep_todays_keys() -> None:
     assert coupon_key("TV-2026-XMAS") == "omni:coupon:TV-2026-XMAS"
     assert coupon_claim_key("TV-2026-XMAS") == "omni:coupon:TV-2026-XMAS:claim"
     assert stats_key("roaming_offer") == "omni:stats:roaming_offer"
+    assert offers_key("alice-42") == "omni:offers:alice-42"
+    assert coupons_key("alice-42") == "omni:coupons:alice-42"
+    # A customer's coupon list is not a coupon's record, whatever the ids.
+    assert coupons_key("x:y") == "omni:coupons:x%3Ay" != coupon_key("s:x:y")
 
 
 @pytest.mark.parametrize(
@@ -83,6 +91,8 @@ def test_the_worker_and_the_channels_build_the_same_keys() -> None:
     assert read_model.coupon_key is keys.coupon_key
     assert read_model.profile_key is keys.profile_key
     assert read_model.entitlement_key is keys.entitlement_key
+    assert read_model.offers_key is keys.offers_key
+    assert read_model.coupons_key is keys.coupons_key
     assert claims.coupon_claim_key is keys.coupon_claim_key
     assert claims.KEY_PREFIX == keys.KEY_PREFIX == "omni"
 

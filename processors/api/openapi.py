@@ -143,9 +143,18 @@ def openapi_document() -> dict[str, Any]:
                         "type": {"type": "string", "enum": list(IDENTIFIER_TYPES)},
                         "value": {"type": "string"},
                         "customer_id": {"type": "string"},
-                        "anonymous": {"type": "boolean"},
-                        "source": {"type": "string"},
-                        "linked_at": {"type": "string", "format": "date-time"},
+                        "anonymous": {
+                            "type": "boolean",
+                            "description": "true: the identifier resolves to its anonymous "
+                            "profile anon:<type>:<value> (no customer has claimed it yet)",
+                        },
+                        "source": {
+                            "type": ["string", "null"],
+                            "enum": ["learned", "crm", None],
+                            "description": "learned (an event carried both) or crm "
+                            "(identity.linked); null for an anonymous profile",
+                        },
+                        "linked_at": {"type": ["string", "null"], "format": "date-time"},
                     },
                 },
                 "Status": {

@@ -177,7 +177,7 @@ def test_a_customer_and_an_identifier_with_colon_percent_and_slash(api: ApiProce
     link = {
         "customer_id": ids[0],
         "anonymous": False,
-        "source": "web",
+        "source": "learned",
         "linked_at": format_time(now),
     }
     client.set(identifier_key("email", email), orjson.dumps(link))

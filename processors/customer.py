@@ -49,7 +49,7 @@ from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
 from processors.identity import IdentityProcessor, send_forwards
 from processors.metrics import Metrics
-from processors.output import OutputProducer, TableWriter, checked
+from processors.output import OutputProducer, TableWriter, checked, due_indexes
 from processors.projection import ReadModelWriter
 from processors.settings import Settings
 
@@ -354,21 +354,9 @@ class CustomerProcessor:
 
     def rebuild_due(self, partitions: set[int]) -> int:
         """Index every customer with timers in ``partitions`` (after an assignment change)."""
-        self.due = {p: DueIndex() for p in partitions}
-        indexed = 0
-        for partition, index in self.due.items():
-            for key, value in self.records.scan(partition):
-                try:
-                    # A record's header holds it: nothing is decompressed here.
-                    when = record_next_due(value)
-                except ValueError:
-                    # The step dead-letters her events and says why; her timers wait.
-                    # No key in the log: it is a customer id.
-                    log.error("A customer record on partition %d is corrupt", partition)
-                    continue
-                if when is not None:
-                    index.update(key, when)
-                    indexed += 1
+        # A record's header holds the next due time: nothing is decompressed here. A
+        # corrupt record's timers wait; the step dead-letters her events and says why.
+        self.due, indexed = due_indexes(self.records, partitions, record_next_due, "customer")
         self.metrics.timers_pending.set(indexed)
         self.identity.rebuild_due(partitions)
         return indexed

@@ -37,7 +37,7 @@ from processors.domain.identity import (
 from processors.domain.read_model import ReadModelWrite
 from processors.domain.timers import DueIndex
 from processors.metrics import Metrics
-from processors.output import Headers, OutputProducer, TableWriter
+from processors.output import Headers, OutputProducer, TableWriter, due_indexes
 
 log = logging.getLogger(__name__)
 
@@ -121,18 +121,7 @@ class IdentityProcessor:
     # --- parking timers ---------------------------------------------------------------
 
     def rebuild_due(self, partitions: set[int]) -> int:
-        self.due = {p: DueIndex() for p in partitions}
-        indexed = 0
-        for partition, index in self.due.items():
-            for key, value in self.records.scan(partition):
-                try:
-                    when = next_park_due(IdentityRecord.from_json(value))
-                except (orjson.JSONDecodeError, TypeError):
-                    log.error("An identity record on partition %d is corrupt", partition)
-                    continue
-                if when is not None:
-                    index.update(key, when)
-                    indexed += 1
+        self.due, indexed = due_indexes(self.records, partitions, _park_due, "identity")
         return indexed
 
     def fire_due(self, now: float, owned: frozenset[int]) -> int:
@@ -147,6 +136,13 @@ class IdentityProcessor:
                 )
                 sent += 1
         return sent
+
+
+def _park_due(value: bytes) -> float | None:
+    try:
+        return next_park_due(IdentityRecord.from_json(value))
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        raise ValueError("not an identity record") from exc
 
 
 def _message(kind: str, event: EventT) -> IdentityMessage:

@@ -38,6 +38,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from faust.types import TableT
 from rocksdict import ReadOptions, WriteBatch
 
+from processors.domain.timers import DueIndex
 from processors.faust_adapter import CHANGELOG_OFFSET_KEY, FaustRocksDBStore
 
 log = logging.getLogger(__name__)
@@ -276,3 +277,28 @@ class TableWriter:
 
     def pending_partitions(self) -> set[int]:
         return {p for p, segments in self._segments.items() if segments}
+
+
+def due_indexes(
+    records: TableWriter,
+    partitions: set[int],
+    due_of: Callable[[bytes], float | None],
+    kind: str,
+) -> tuple[dict[int, DueIndex], int]:
+    """Index every record of ``partitions`` by its next due time (``due_of``, which
+    raises ValueError on a corrupt record: logged by partition only, since keys are
+    customer ids or identifiers, and left out). Returns the indexes and how many
+    records have a due time."""
+    due = {p: DueIndex() for p in partitions}
+    indexed = 0
+    for partition, index in due.items():
+        for key, value in records.scan(partition):
+            try:
+                when = due_of(value)
+            except ValueError:
+                log.error("A %s record on partition %d is corrupt", kind, partition)
+                continue
+            if when is not None:
+                index.update(key, when)
+                indexed += 1
+    return due, indexed

@@ -15,6 +15,7 @@ Anonymous profiles learn nothing: they are what links resolve *to* a customer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from processors.domain.identity import (
@@ -116,17 +117,15 @@ def learn_links(state: CustomerState, event: Event, ctx: StepContext, out: StepO
         )
 
 
-def unlink_all(state: CustomerState, event: Event, out: StepOutputs) -> None:
-    """An erasure: every identifier of hers forgets her (its record goes altogether)."""
+def identifier_keys(state: CustomerState) -> Iterator[str]:
+    """Her identifiers as record keys ``<type>:<value>``, in the contract's type order."""
     for identifier_type in IDENTIFIER_TYPES:
         for value in state.identifiers.get(identifier_type, ()):
-            out.forwards.append(
-                Forward(
-                    f"{identifier_type}:{value}",
-                    unlink_command(
-                        state.customer_id, event.event_id, event.occurred_at, erase=True
-                    ),
-                    event.produced_at,
-                    UNLINK,
-                )
-            )
+            yield f"{identifier_type}:{value}"
+
+
+def unlink_all(state: CustomerState, event: Event, out: StepOutputs) -> None:
+    """An erasure: every identifier of hers forgets her (its record goes altogether)."""
+    command = unlink_command(state.customer_id, event.event_id, event.occurred_at, erase=True)
+    for key in identifier_keys(state):
+        out.forwards.append(Forward(key, command, event.produced_at, UNLINK))

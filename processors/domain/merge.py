@@ -26,9 +26,9 @@ from typing import Any
 from processors.domain import timers as tm
 from processors.domain.erasure import forgotten_keys
 from processors.domain.identity import CRM, LINK, PROFILE_MERGED, Forward, link_command
+from processors.domain.links import identifier_keys
 from processors.domain.model import CustomerState, Event, StepOutputs, format_time
 from processors.domain.policy import Policy
-from schemas.identity import IDENTIFIER_TYPES
 
 _FIELDS: tuple[str, ...] = CustomerState.__slots__
 
@@ -56,18 +56,11 @@ def send_profile(state: CustomerState, event: Event, out: StepOutputs) -> Custom
             )
         )
         # A customer merged by the CRM: her identifiers now resolve to the target.
-        for identifier_type in IDENTIFIER_TYPES:
-            for value in state.identifiers.get(identifier_type, ()):
-                out.forwards.append(
-                    Forward(
-                        f"{identifier_type}:{value}",
-                        link_command(
-                            into, CRM, event.event_id, event.occurred_at, event.channel, force=True
-                        ),
-                        event.produced_at,
-                        LINK,
-                    )
-                )
+        command = link_command(
+            into, CRM, event.event_id, event.occurred_at, event.channel, force=True
+        )
+        for key in identifier_keys(state):
+            out.forwards.append(Forward(key, command, event.produced_at, LINK))
     out.erased_keys.extend(forgotten_keys(state))
     if out.timeline is not None:
         out.timeline = []

@@ -256,6 +256,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         on_committed=progress.committed,
         on_skipped=metrics.changelog_records_skipped.inc,
     )
+    identity_policy = IdentityPolicy.from_settings(settings)
     ingest = Ingest(
         settings,
         EventValidator(),
@@ -263,7 +264,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         producer,
         settings.customer_events_topic,
         settings.deadletter_topic,
-        IdentityPolicy.from_settings(settings),
+        identity_policy,
     )
     customer = CustomerProcessor(
         settings=settings,
@@ -280,7 +281,7 @@ def create_app(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Om
         deadletter_topic=settings.deadletter_topic,
         writer=writer,
         identity=IdentityProcessor(
-            policy=IdentityPolicy.from_settings(settings),
+            policy=identity_policy,
             metrics=metrics,
             producer=producer,
             records=identity_records,

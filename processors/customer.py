@@ -47,7 +47,7 @@ from processors.domain.read_model import (
 from processors.domain.record_codec import decode_record, encode_record, record_next_due
 from processors.domain.step import StepContext, fire_timers, step
 from processors.domain.timers import DueIndex, next_due
-from processors.identity import IdentityProcessor, send_forwards
+from processors.identity import IdentityProcessor, send_forwards, send_identity_log
 from processors.metrics import Metrics
 from processors.output import OutputProducer, TableWriter, checked, due_indexes
 from processors.projection import ReadModelWriter
@@ -436,9 +436,10 @@ class CustomerProcessor:
             log.debug("Rule %s failed: %s", rule, message)
         if out.forwards:
             send_forwards(self.producer, self.customer_events_topic, out.forwards)
-        for entry in out.identity_log:
-            send(self.identity_log_topic, key, orjson.dumps(entry))
-            metrics.identity_records(entry["type"], entry["reason"] or "none").inc()
+        if out.identity_log:
+            send_identity_log(
+                self.producer, self.identity_log_topic, metrics, key, out.identity_log
+            )
         if out.identity_blocked:
             metrics.identity_blocked.inc(out.identity_blocked)
         if out.duplicates:

@@ -58,6 +58,19 @@ def send_forwards(producer: OutputProducer, topic: str, forwards: list[Forward])
         )
 
 
+def send_identity_log(
+    producer: OutputProducer,
+    topic: str,
+    metrics: Metrics,
+    key: bytes,
+    entries: list[dict[str, Any]],
+) -> None:
+    """Queue ``identity.log`` records (links, merges, refusals) and count them."""
+    for entry in entries:
+        producer.send(topic, key, orjson.dumps(entry))
+        metrics.identity_records(entry["type"], entry["reason"] or "none").inc()
+
+
 @dataclass(slots=True)
 class IdentityProcessor:
     policy: IdentityPolicy
@@ -106,9 +119,7 @@ class IdentityProcessor:
         if due is not None:
             due.update(key, next_park_due(record))
         send_forwards(self.producer, self.customer_events_topic, out.forwards)
-        for entry in out.log:
-            self.producer.send(self.identity_log_topic, key, orjson.dumps(entry))
-            self.metrics.identity_records(entry["type"], entry["reason"] or "none").inc()
+        send_identity_log(self.producer, self.identity_log_topic, self.metrics, key, out.log)
         metrics = self.metrics
         if out.parked:
             metrics.identity_events("parked").inc(out.parked)

@@ -17,7 +17,8 @@ from typing import Any
 from faust.types import EventT
 
 from processors.deadletter import PROCESSING_ERROR, deadletter_key, deadletter_record
-from processors.domain.identity import IDENTIFY, KIND_HEADER, IdentityPolicy, split_key
+from processors.domain.identity import IDENTIFY, IdentityPolicy, split_key
+from processors.identity import kind_header
 from processors.metrics import Metrics
 from processors.output import Headers, OutputProducer
 from processors.settings import Settings
@@ -26,7 +27,7 @@ from schemas.identity import identity_key
 from schemas.messages import show
 
 #: Headers of an identified event forwarded to its identifier's record.
-IDENTIFY_HEADERS: Headers = [(KIND_HEADER, IDENTIFY.encode())]
+IDENTIFY_HEADERS: Headers = kind_header(IDENTIFY)
 
 log = logging.getLogger(__name__)
 

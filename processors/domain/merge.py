@@ -30,8 +30,6 @@ from processors.domain.links import identifier_keys
 from processors.domain.model import CustomerState, Event, StepOutputs, format_time
 from processors.domain.policy import Policy
 
-_FIELDS: tuple[str, ...] = CustomerState.__slots__
-
 
 def send_profile(state: CustomerState, event: Event, out: StepOutputs) -> CustomerState:
     """The source's side: its profile to the target, then an empty (forgotten) record."""
@@ -48,7 +46,9 @@ def send_profile(state: CustomerState, event: Event, out: StepOutputs) -> Custom
                     "occurred_at": format_time(event.occurred_at),
                     "payload": {
                         "from": state.customer_id,
-                        "state": {name: getattr(state, name) for name in _FIELDS},
+                        # orjson writes the dataclass as the record does; this state
+                        # object is dropped below (a new, empty one is returned).
+                        "state": state,
                         "timeline": out.timeline or [],
                     },
                 },
